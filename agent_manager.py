@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""agent-manager: run a queue of features through parallel Claude agents.
+
+Thin entry point: parse arguments, resolve settings, call the supervisor package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from api.errors import AgentManagerError, InputError
+
+ENV_PREFIX = "AGENT_MANAGER_"
+
+
+def _env_name(dest: str) -> str:
+    return ENV_PREFIX + dest.upper()
+
+
+# dest -> (flags, type, default, help); every option falls back to AGENT_MANAGER_<DEST>.
+COMMON_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[str], Any], Any, str]] = {
+    "project_dir": (("--project-dir",), str, None, "the repository the agents work in (required)"),
+    "database_url": (
+        ("--database-url",),
+        str,
+        None,
+        "SQLAlchemy URL of the queue (default sqlite:///DIR/.agent-manager/features.db; "
+        "postgresql+psycopg://... to share one queue between hosts)",
+    ),
+    "features": (("--features",), str, None, "features file to import (default DIR/features.json)"),
+}
+RUN_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[str], Any], Any, str]] = {
+    "max_agents": (("--max-agents", "--parallel"), int, 3, "agent sessions at once; --parallel 1 runs sequentially"),
+    "lease_seconds": (("--lease-seconds",), float, 90.0, "claim lease; renewed every third of it"),
+}
+
+
+def _add(parser: argparse.ArgumentParser, options: dict, *, suppress: bool = False) -> None:
+    for dest, (flags, kind, default, text) in options.items():
+        shown = f" [env {_env_name(dest)}" + (f"; default {default}]" if default is not None else "]")
+        parser.add_argument(
+            *flags,
+            dest=dest,
+            type=str,  # converted after the env fallback, so both get the same error message
+            default=argparse.SUPPRESS if suppress else None,
+            metavar=dest.split("_")[-1].upper(),
+            help=text + shown,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agent-manager",
+        description="Run a DAG of features through parallel Claude Agent SDK sessions.",
+        epilog="Subcommands take the same --project-dir. Exit codes: 0 all passing, 1 some failed or blocked, "
+        "2 bad usage or input.",
+    )
+    _add(parser, COMMON_OPTIONS)
+    _add(parser, RUN_OPTIONS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p_import = sub.add_parser("import", help="load features.json into the queue (all or nothing)")
+    p_status = sub.add_parser("status", help="show every feature and its status")
+    p_status.add_argument("--json", action="store_true", help="machine-readable output")
+    p_retry = sub.add_parser("retry", help="put a failed feature back in the queue")
+    p_retry.add_argument("feature_id", type=int, metavar="ID")
+    for p in (p_import, p_status, p_retry):
+        # SUPPRESS: a flag given before the subcommand is not overwritten by the subparser's default.
+        _add(p, COMMON_OPTIONS, suppress=True)
+    return parser
+
+
+def _resolve(args: argparse.Namespace, options: dict) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for dest, (flags, kind, default, _text) in options.items():
+        raw = getattr(args, dest, None)
+        source = flags[0]
+        if raw is None and os.environ.get(_env_name(dest)):
+            raw, source = os.environ[_env_name(dest)], _env_name(dest)
+        if raw is None:
+            values[dest] = default
+            continue
+        try:
+            values[dest] = kind(raw)
+        except ValueError:
+            raise InputError(f"{source} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+    return values
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from supervisor import commands
+    from supervisor.config import make_settings
+
+    common = _resolve(args, COMMON_OPTIONS)
+    run_opts = _resolve(args, RUN_OPTIONS)
+    settings = make_settings(common["project_dir"], common["database_url"], common["features"], **run_opts)
+    if args.command == "import":
+        return commands.cmd_import(settings)
+    if args.command == "status":
+        return commands.cmd_status(settings, args.json)
+    if args.command == "retry":
+        return commands.cmd_retry(settings, args.feature_id)
+    return commands.cmd_run(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except AgentManagerError as exc:
+        print(f"agent-manager: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("agent-manager: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

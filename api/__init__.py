@@ -1,0 +1,1 @@
+"""Persistence and queue semantics for agent-manager (no LLM code here)."""

@@ -1,0 +1,75 @@
+"""The feature dependency graph (networkx): validation, ready and blocked sets, claim order.
+
+Edges point from a dependency to the feature that needs it, so a node's ancestors are
+everything it waits for and its descendants are everything it unblocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping
+
+import networkx as nx
+
+PRIORITY_LIMIT = 1_000_000
+_PATH_WEIGHT = 10 * PRIORITY_LIMIT  # critical path dominates, priority breaks ties
+
+Node = Hashable
+
+
+def build_graph(dependencies: Mapping[Node, Iterable[Node]]) -> nx.DiGraph:
+    """Graph of ``{feature: [dependency, ...]}``; every key becomes a node."""
+    graph = nx.DiGraph()
+    graph.add_nodes_from(dependencies)
+    for node, deps in dependencies.items():
+        graph.add_edges_from((dep, node) for dep in deps)
+    return graph
+
+
+def find_cycle(graph: nx.DiGraph) -> list[Node] | None:
+    """One dependency cycle as a closed path ``[a, b, ..., a]``, or None for a DAG."""
+    try:
+        edges = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        return None
+    return [edges[0][0], *(v for _, v in edges)]
+
+
+def critical_path_lengths(graph: nx.DiGraph) -> dict[Node, int]:
+    """For each node, the number of features on the longest chain that starts at it.
+
+    A node with nothing depending on it has length 1. Claiming by this first keeps the
+    longest chain of remaining work moving, which bounds the makespan from below.
+    """
+    lengths: dict[Node, int] = {}
+    for node in reversed(list(nx.topological_sort(graph))):
+        lengths[node] = 1 + max((lengths[s] for s in graph.successors(node)), default=0)
+    return lengths
+
+
+def claim_order(critical_path: int, priority: int) -> int:
+    """Ascending sort key stored per feature: longest chain first, then higher priority."""
+    return -(critical_path * _PATH_WEIGHT + priority + PRIORITY_LIMIT)
+
+
+def ready_set(graph: nx.DiGraph, status: Mapping[Node, str]) -> set[Node]:
+    """Pending features whose dependencies have all passed."""
+    return {
+        node
+        for node in graph
+        if status.get(node) == "pending" and all(status.get(dep) == "passing" for dep in graph.predecessors(node))
+    }
+
+
+def blocked_set(graph: nx.DiGraph, status: Mapping[Node, str]) -> set[Node]:
+    """Unfinished features that can never run because something they depend on failed."""
+    failed = [node for node in graph if status.get(node) == "failed"]
+    below: set[Node] = set()
+    for node in failed:
+        below |= nx.descendants(graph, node)
+    return {node for node in below if status.get(node) not in ("passing", "failed")}
+
+
+def rank(graph: nx.DiGraph, nodes: Iterable[Node], priority: Mapping[Node, int]) -> list[Node]:
+    """``nodes`` in claim order (critical path, then priority, then the node key)."""
+    lengths = critical_path_lengths(graph)
+    return sorted(nodes, key=lambda n: (claim_order(lengths[n], priority.get(n, 0)), n))

@@ -1,0 +1,162 @@
+"""Engine and session factory, SQLite pragmas, and migrate-on-start."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import Engine, create_engine, event, exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.errors import DatabaseError, InputError
+
+ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+# Any fixed 64-bit key: all supervisors serialise their first-start migration on it.
+_PG_MIGRATION_LOCK = 0x61676D6772  # "agmgr"
+SQLITE_BUSY_TIMEOUT_S = 30.0
+# PostgreSQL aborts one side of a deadlock or serialisation conflict; the work is safe to redo.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+_MAX_TRIES = 8
+
+T = TypeVar("T")
+
+
+def default_url(project_dir: Path) -> str:
+    return f"sqlite:///{(project_dir / '.agent-manager' / 'features.db').resolve()}"
+
+
+def normalise_url(url: str) -> URL:
+    """Parse a database URL; plain ``postgresql://`` is spelled ``postgresql+psycopg://``.
+
+    Raises InputError for a URL that is not SQLite or PostgreSQL.
+    """
+    try:
+        parsed = make_url(url.strip())
+    except sa_exc.ArgumentError as exc:
+        raise InputError(f"bad database URL {url!r}: expected sqlite:///PATH or postgresql+psycopg://...") from exc
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+        raise InputError(
+            f"unsupported database URL scheme {parsed.drivername!r}: use sqlite:///PATH or postgresql+psycopg://..."
+        )
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise InputError("an in-memory SQLite database cannot be shared by agents: give sqlite:///PATH")
+    return parsed
+
+
+class Database:
+    """One engine per process; sessions per unit of work, never shared across threads."""
+
+    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+        self.url = normalise_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(
+                self.url,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+                pool_pre_ping=True,
+            )
+            _install_sqlite_recipe(self.engine)
+        else:
+            self.engine = create_engine(
+                self.url,
+                pool_pre_ping=True,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                connect_args={"connect_timeout": 10},
+            )
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self.engine.execution_options(read_only=True), expire_on_commit=False)
+
+    @property
+    def display_url(self) -> str:
+        return self.url.render_as_string(hide_password=True)
+
+    @contextlib.contextmanager
+    def transaction(self, *, read_only: bool = False) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on error.
+
+        On SQLite a writing transaction takes the write lock up front (BEGIN IMMEDIATE),
+        so read-then-write sequences inside it cannot interleave with another writer.
+        Raises DatabaseError when the database cannot be reached.
+        """
+        factory = self._read_sessions if read_only else self._sessions
+        try:
+            with factory() as session, session.begin():
+                yield session
+        except sa_exc.OperationalError as exc:
+            raise DatabaseError(f"database error on {self.display_url}: {_first_line(exc.orig or exc)}") from exc
+        except sa_exc.InterfaceError as exc:
+            raise DatabaseError(f"database error on {self.display_url}: {_first_line(exc.orig or exc)}") from exc
+
+    def run(self, work: Callable[[Session], T], *, read_only: bool = False) -> T:
+        """Run ``work(session)`` in one transaction, redoing it after a PostgreSQL deadlock."""
+        for attempt in range(_MAX_TRIES):
+            try:
+                with self.transaction(read_only=read_only) as session:
+                    return work(session)
+            except DatabaseError as exc:
+                sqlstate = getattr(getattr(exc.__cause__, "orig", None), "sqlstate", None)
+                if sqlstate not in _RETRYABLE_SQLSTATES or attempt == _MAX_TRIES - 1:
+                    raise
+                time.sleep(random.uniform(0, 0.005 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the newest revision, serialised across processes."""
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(ALEMBIC_DIR))
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        try:
+            with self.engine.connect().execution_options(read_only=True) as conn:
+                if MigrationContext.configure(conn).get_current_revision() == head:
+                    return
+            with self.engine.begin() as conn:
+                if not self.is_sqlite:
+                    # Concurrent first starts queue here; SQLite gets the same from BEGIN IMMEDIATE.
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            raise DatabaseError(f"cannot open database {self.display_url}: {_first_line(exc.orig or exc)}") from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _install_sqlite_recipe(engine: Engine) -> None:
+    """SQLAlchemy's documented pysqlite recipe: we emit BEGIN ourselves, IMMEDIATE for writers."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+        dbapi_conn.isolation_level = None  # let the "begin" hook below own transactions
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001
+        if conn.get_execution_options().get("read_only"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,204 @@
+"""Parse and validate features.json into FeatureSpec records (no database access)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from api.dag import PRIORITY_LIMIT, build_graph, find_cycle
+from api.errors import FeaturesFileError
+
+MAX_NAME = 200
+MAX_ATTEMPTS_LIMIT = 100
+MODEL_RE = re.compile(r"^(haiku|sonnet|opus|claude-[a-z0-9][a-z0-9.\-]*)$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One feature as written in features.json, validated."""
+
+    name: str
+    description: str = ""
+    category: str = ""
+    priority: int = 0
+    depends_on: tuple[str, ...] = ()
+    steps: tuple[str, ...] = ()
+    verify: str | None = None
+    model: str | None = None
+    max_attempts: int | None = None
+
+
+_FIELDS = {"name", "description", "category", "priority", "depends_on", "steps", "verify", "model", "max_attempts"}
+
+
+def load_features_file(path: Path, known_edges: dict[str, tuple[str, ...]] | None = None) -> list[FeatureSpec]:
+    """Read and validate ``path``.
+
+    ``known_edges`` maps features already in the database to their dependencies, so a file
+    may depend on them and cycles through them are caught. Raises FeaturesFileError.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FeaturesFileError(
+            f"no features file at {path}: pass --features FILE or create one (see features.example.json)"
+        ) from None
+    except IsADirectoryError:
+        raise FeaturesFileError(f"features file {path} is a directory, expected a JSON file") from None
+    except OSError as exc:
+        raise FeaturesFileError(f"cannot read features file {path}: {exc.strerror}") from None
+    return parse_features(raw, source=str(path), known_edges=known_edges)
+
+
+def parse_features(
+    raw: bytes, *, source: str = "features.json", known_edges: dict[str, tuple[str, ...]] | None = None
+) -> list[FeatureSpec]:
+    """Validate the bytes of a features file; see load_features_file."""
+    data = _decode(raw, source)
+    if isinstance(data, dict):
+        if set(data) != {"features"}:
+            extra = sorted(set(data) - {"features"})
+            what = f"unknown top-level key(s) {', '.join(map(repr, extra))}" if extra else 'no "features" key'
+            raise FeaturesFileError(f"{source}: {what}; expected a list of features or {{\"features\": [...]}}")
+        data = data["features"]
+    if not isinstance(data, list):
+        raise FeaturesFileError(f"{source}: expected a JSON list of features, got {_json_type(data)}")
+    if not data:
+        raise FeaturesFileError(f"{source}: contains no features")
+    specs = [_feature(item, index, source) for index, item in enumerate(data, start=1)]
+    _check_graph(specs, source, known_edges or {})
+    return specs
+
+
+def _decode(raw: bytes, source: str) -> Any:
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise FeaturesFileError(f"{source}: file is UTF-16 encoded; save it as UTF-8")
+    try:
+        text = raw.decode("utf-8-sig")  # a UTF-8 BOM (Windows editors) is harmless
+    except UnicodeDecodeError as exc:
+        raise FeaturesFileError(f"{source}: not valid UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    if not text.strip():
+        raise FeaturesFileError(f"{source}: file is empty; expected a JSON list of features")
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise FeaturesFileError(f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except ValueError as exc:
+        raise FeaturesFileError(f"{source}: {exc}") from None
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {key!r} in one JSON object")
+        seen[key] = value
+    return seen
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in features.json")
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _feature(item: Any, index: int, source: str) -> FeatureSpec:
+    where = f"{source}: feature #{index}"
+    if not isinstance(item, dict):
+        raise FeaturesFileError(f"{where} is {_json_type(item)}, expected an object with a \"name\"")
+    name = item.get("name")
+    if not isinstance(name, str) or not name.strip():
+        shown = "missing" if "name" not in item else f"{_json_type(name)}" if not isinstance(name, str) else "empty"
+        raise FeaturesFileError(f"{where}: \"name\" must be a non-empty string ({shown})")
+    if name != name.strip() or _CONTROL_RE.search(name) or len(name) > MAX_NAME:
+        raise FeaturesFileError(
+            f"{where} ({name[:40]!r}): \"name\" must be at most {MAX_NAME} characters with no surrounding "
+            "whitespace or control characters",
+            (name,),
+        )
+    where = f"{source}: feature {name!r}"
+    unknown = sorted(set(item) - _FIELDS)
+    if unknown:
+        raise FeaturesFileError(
+            f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(_FIELDS))}", (name,)
+        )
+
+    def string(key: str, default: str | None) -> str | None:
+        value = item.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise FeaturesFileError(f"{where}: \"{key}\" must be a string, got {_json_type(value)}", (name,))
+        return value
+
+    def integer(key: str, low: int, high: int) -> int | None:
+        value = item.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise FeaturesFileError(f"{where}: \"{key}\" must be an integer, got {_json_type(value)}", (name,))
+        if not low <= value <= high:
+            raise FeaturesFileError(f"{where}: \"{key}\" must be between {low} and {high}, got {value}", (name,))
+        return value
+
+    def strings(key: str) -> tuple[str, ...]:
+        value = item.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise FeaturesFileError(f"{where}: \"{key}\" must be a list of strings", (name,))
+        return tuple(value)
+
+    model = string("model", None)
+    if model is not None and not MODEL_RE.match(model):
+        raise FeaturesFileError(
+            f"{where}: \"model\" must be haiku, sonnet, opus or a full model id like claude-sonnet-4-5, got {model!r}",
+            (name,),
+        )
+    verify = string("verify", None)
+    if verify is not None and not verify.strip():
+        raise FeaturesFileError(f"{where}: \"verify\" is an empty command; remove it or give a command", (name,))
+    depends_on = tuple(dict.fromkeys(strings("depends_on")))  # repeated names collapse, order kept
+    return FeatureSpec(
+        name=name,
+        description=string("description", "") or "",
+        category=(string("category", "") or "").strip().lower(),
+        priority=integer("priority", -PRIORITY_LIMIT, PRIORITY_LIMIT) or 0,
+        depends_on=depends_on,
+        steps=strings("steps"),
+        verify=verify,
+        model=model,
+        max_attempts=integer("max_attempts", 1, MAX_ATTEMPTS_LIMIT),
+    )
+
+
+def _check_graph(specs: list[FeatureSpec], source: str, known_edges: dict[str, tuple[str, ...]]) -> None:
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.name in seen:
+            raise FeaturesFileError(f"{source}: duplicate feature name {spec.name!r}", (spec.name,))
+        seen.add(spec.name)
+    for spec in specs:
+        if spec.name in spec.depends_on:
+            raise FeaturesFileError(f"{source}: feature {spec.name!r} depends on itself", (spec.name,))
+        unknown = [dep for dep in spec.depends_on if dep not in seen and dep not in known_edges]
+        if unknown:
+            raise FeaturesFileError(
+                f"{source}: feature {spec.name!r} depends on unknown feature(s) {', '.join(map(repr, unknown))}",
+                (spec.name, *unknown),
+            )
+    edges = dict(known_edges)
+    edges.update({spec.name: spec.depends_on for spec in specs})
+    cycle = find_cycle(build_graph(edges))
+    if cycle:
+        raise FeaturesFileError(
+            f"{source}: dependency cycle {' -> '.join(map(repr, cycle))}", tuple(dict.fromkeys(cycle))
+        )

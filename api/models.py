@@ -1,0 +1,160 @@
+"""SQLAlchemy models: the schema that alembic/versions builds."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names so SQLite batch migrations and autogenerate agree.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """Naive UTC now; every timestamp in the database is naive UTC."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Status(str, enum.Enum):
+    """Stored feature statuses. ``blocked`` is derived, never stored."""
+
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    PASSING = "passing"
+    FAILED = "failed"
+    NEEDS_INPUT = "needs_input"
+
+
+BLOCKED = "blocked"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Feature(Base):
+    __tablename__ = "features"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="", server_default="")
+    category: Mapped[str] = mapped_column(String(100), default="", server_default="")
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    steps: Mapped[list[str]] = mapped_column(JSON, default=list)
+    verify: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(100))
+    max_attempts: Mapped[int | None] = mapped_column(Integer)
+
+    status: Mapped[str] = mapped_column(String(20), default=Status.PENDING.value, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Dependencies not yet passing; kept in step by api.queue so the ready set is an index range scan.
+    unmet_deps: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Length of the longest chain of work starting here (api.dag); claims take the longest chains first.
+    critical_path: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # Claim order, ascending: longest chain first, then the user's priority (see api.dag.claim_order).
+    # One ascending column keeps the ready index usable for ORDER BY on every backend.
+    claim_order: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+    owner: Mapped[str | None] = mapped_column(String(200))
+    agent_id: Mapped[str | None] = mapped_column(String(200))
+    # Fencing token: bumped on every claim; a release must present the current one.
+    lease_token: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
+    last_model: Mapped[str | None] = mapped_column(String(100))
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        Index("ix_features_ready", "status", "unmet_deps", "claim_order", "id"),
+        Index("ix_features_owner", "owner", "status"),
+        Index("ix_features_lease", "status", "lease_expires_at"),
+    )
+
+
+class FeatureDependency(Base):
+    __tablename__ = "feature_dependencies"
+
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"), primary_key=True)
+    depends_on_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"), primary_key=True)
+
+    __table_args__ = (Index("ix_feature_dependencies_depends_on_id", "depends_on_id"),)
+
+
+class FileLock(Base):
+    __tablename__ = "file_locks"
+
+    # Project-relative POSIX path, normalised by api.queue.
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    feature_id: Mapped[int | None] = mapped_column(ForeignKey("features.id", ondelete="SET NULL"))
+    acquired_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("ix_file_locks_owner", "owner"),
+        Index("ix_file_locks_feature_id", "feature_id"),
+    )
+
+
+class AgentRun(Base):
+    """One agent attempt at a feature."""
+
+    __tablename__ = "agent_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    owner: Mapped[str] = mapped_column(String(200))
+    agent_id: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str | None] = mapped_column(String(100))
+    session_id: Mapped[str | None] = mapped_column(String(100))
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+    outcome: Mapped[str | None] = mapped_column(String(40))
+    num_turns: Mapped[int | None] = mapped_column(Integer)
+    input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    output_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    transcript_path: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_agent_runs_feature_id", "feature_id", "attempt"),)
+
+
+class Event(Base):
+    """Append-only log of everything that changed a feature or a lock."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    ts: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(40))
+    feature_id: Mapped[int | None] = mapped_column(Integer)
+    owner: Mapped[str | None] = mapped_column(String(200))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_events_feature_id", "feature_id"),)

@@ -1,0 +1,674 @@
+"""The feature queue: the only code that changes a feature's status, lease or file lock.
+
+Every verb is one database transaction. Claims are atomic on both backends: PostgreSQL
+locks candidate rows with ``FOR UPDATE SKIP LOCKED``; SQLite takes the write lock up front
+(``BEGIN IMMEDIATE``, see api.database) and guards the update on the status it read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import String, and_, case, cast, delete, exists, func, insert, literal, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, aliased
+
+from api import dag
+from api.database import Database
+from api.errors import FeaturesFileError, InputError, LeaseLostError, NotFoundError, PathOutsideProjectError
+from api.features_file import FeatureSpec
+from api.models import BLOCKED, Event, Feature, FeatureDependency, FileLock, Status, utcnow
+
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_LEASE_SECONDS = 90.0
+MAX_PATH_LENGTH = 1024
+
+
+@dataclass(frozen=True)
+class ClaimedFeature:
+    """A feature this caller now holds; ``lease_token`` must accompany its release."""
+
+    id: int
+    name: str
+    description: str
+    category: str
+    priority: int
+    steps: tuple[str, ...]
+    verify: str | None
+    model: str | None
+    max_attempts: int | None
+    attempts: int
+    notes: str
+    owner: str
+    agent_id: str
+    lease_token: int
+    lease_expires_at: datetime
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    feature_id: int
+    status: str  # the stored status after the release (a failed attempt may be back to pending)
+    attempts: int
+    applied: bool  # False when this exact release had already been applied
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    renewed: frozenset[int]
+    lost: frozenset[int]  # features the caller said it held that are no longer its own
+
+
+@dataclass(frozen=True)
+class LockResult:
+    success: bool
+    message: str
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class FeatureView:
+    """A feature as `status` shows it; ``status`` includes the derived ``blocked``."""
+
+    id: int
+    name: str
+    category: str
+    status: str
+    attempts: int
+    model: str | None
+    cost_usd: float
+    depends_on: tuple[str, ...]
+    notes: str
+    priority: int
+    critical_path: int
+    owner: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "category": self.category,
+            "status": self.status,
+            "attempts": self.attempts,
+            "model": self.model,
+            "cost_usd": round(self.cost_usd, 6),
+            "depends_on": list(self.depends_on),
+            "notes": self.notes,
+        }
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    features: tuple[FeatureView, ...]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(f.status for f in self.features))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"features": [f.to_json() for f in self.features], "counts": self.counts}
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    added: tuple[str, ...]
+    updated: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    skipped: tuple[str, ...]  # already claimed or finished: left as they are
+    kept: tuple[str, ...]  # in the database but not in the file: kept, never deleted
+
+
+def resolve_project_path(project_dir: Path, file_path: str) -> str:
+    """The project-relative POSIX form of ``file_path``.
+
+    Relative paths are taken from the project root. Raises PathOutsideProjectError for a
+    path that leaves the project, directly, through ``..`` or through a symlink.
+    """
+    if not isinstance(file_path, str) or not file_path.strip():
+        raise InputError("file_path must be a non-empty path inside the project")
+    if "\x00" in file_path or len(file_path) > MAX_PATH_LENGTH:
+        raise InputError(f"file_path must be at most {MAX_PATH_LENGTH} characters with no NUL bytes")
+    root = Path(os.path.realpath(project_dir))
+    candidate = Path(file_path)
+    if not candidate.is_absolute():
+        candidate = root / candidate
+    # realpath follows symlinks of the parts that exist, so a link pointing outside is caught.
+    resolved = Path(os.path.realpath(candidate))
+    if resolved == root or root not in resolved.parents:
+        raise PathOutsideProjectError(f"{file_path!r} is outside the project directory {root}")
+    return resolved.relative_to(root).as_posix()
+
+
+class FeatureQueue:
+    """Queue verbs over one database. Safe to share across threads (a session per call)."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        project_dir: Path | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        default_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> None:
+        self.db = db
+        self.project_dir = project_dir
+        self.lease_seconds = lease_seconds
+        self.default_max_attempts = default_max_attempts
+
+    # -- claims -----------------------------------------------------------------
+
+    def _ready_query(self, n: int):
+        dep = aliased(Feature)
+        unmet = exists().where(
+            FeatureDependency.feature_id == Feature.id,
+            FeatureDependency.depends_on_id == dep.id,
+            dep.status != Status.PASSING.value,
+        )
+        # unmet_deps narrows the index scan; the NOT EXISTS re-checks the truth for the few rows taken.
+        query = (
+            select(Feature.id)
+            .where(Feature.status == Status.PENDING.value, Feature.unmet_deps == 0, ~unmet)
+            .order_by(Feature.claim_order, Feature.id)
+            .limit(n)
+        )
+        if not self.db.is_sqlite:
+            query = query.with_for_update(skip_locked=True, of=Feature)
+        return query
+
+    def claim(self, n: int, owner: str) -> list[ClaimedFeature]:
+        """Atomically claim up to ``n`` ready features for ``owner``, best first."""
+        if n <= 0:
+            return []
+
+        def work(session: Session) -> list[ClaimedFeature]:
+            now = utcnow()
+            expires = now + timedelta(seconds=self.lease_seconds)
+            ids = session.scalars(self._ready_query(n)).all()
+            if not ids:
+                return []
+            new_token = Feature.lease_token + 1
+            rows = session.execute(
+                update(Feature)
+                .where(Feature.id.in_(ids), Feature.status == Status.PENDING.value)
+                .values(
+                    status=Status.CLAIMED.value,
+                    owner=owner,
+                    agent_id=literal(owner + "/") + cast(Feature.id, String) + literal("/") + cast(new_token, String),
+                    lease_token=new_token,
+                    lease_expires_at=expires,
+                    claimed_at=now,
+                    updated_at=now,
+                )
+                .returning(Feature)
+                .execution_options(synchronize_session=False)
+            ).scalars().all()
+            claimed = sorted((_claimed(row) for row in rows), key=lambda c: ids.index(c.id))
+            _log(session, [("claimed", c.id, owner, {"token": c.lease_token}) for c in claimed])
+            return claimed
+
+        return self.db.run(work)
+
+    def release(
+        self,
+        feature_id: int,
+        owner: str,
+        token: int,
+        status: str,
+        notes: str = "",
+        *,
+        cost_usd: float = 0.0,
+        model: str | None = None,
+        count_attempt: bool = True,
+    ) -> ReleaseResult:
+        """End ``owner``'s claim: ``passing``, ``failed`` (an attempt) or ``pending`` (give back).
+
+        A failed attempt returns the feature to ``pending`` until its attempt limit, then
+        ``failed``; ``count_attempt=False`` records an infrastructure failure without using
+        an attempt. Repeating a release that was already applied is a no-op. Raises
+        LeaseLostError when the claim is no longer the caller's (expired and reaped, or
+        claimed again since: the token moved on).
+        """
+        if status not in (Status.PASSING.value, Status.FAILED.value, Status.PENDING.value):
+            raise InputError(f"invalid status {status!r}: use passing, failed or pending")
+
+        def work(session: Session) -> ReleaseResult:
+            now = utcnow()
+            held = and_(
+                Feature.id == feature_id,
+                Feature.owner == owner,
+                Feature.lease_token == token,
+                Feature.status == Status.CLAIMED.value,
+            )
+            values: dict[str, Any] = {
+                "lease_expires_at": None,
+                "updated_at": now,
+                "cost_usd": Feature.cost_usd + cost_usd,
+            }
+            if notes:
+                values["notes"] = notes
+            if model:
+                values["last_model"] = model
+            if status == Status.PASSING.value:
+                values.update(status=Status.PASSING.value, finished_at=now)
+            elif status == Status.FAILED.value and count_attempt:
+                limit = func.coalesce(Feature.max_attempts, self.default_max_attempts)
+                values["attempts"] = Feature.attempts + 1
+                values["status"] = case((Feature.attempts + 1 >= limit, Status.FAILED.value), else_=Status.PENDING.value)
+                values["finished_at"] = now
+            else:
+                values["status"] = Status.PENDING.value
+            row = session.execute(
+                update(Feature)
+                .where(held)
+                .values(**values)
+                .returning(Feature.status, Feature.attempts)
+                .execution_options(synchronize_session=False)
+            ).first()
+            if row is None:
+                current = session.execute(
+                    select(Feature.status, Feature.owner, Feature.lease_token, Feature.attempts).where(
+                        Feature.id == feature_id
+                    )
+                ).first()
+                if current is None:
+                    raise NotFoundError(f"no feature with id {feature_id}")
+                if current.owner == owner and current.lease_token == token:
+                    return ReleaseResult(feature_id, current.status, current.attempts, applied=False)
+                raise LeaseLostError(
+                    f"feature #{feature_id} is no longer held by {owner} (lease token {token}); "
+                    "it expired or was claimed again"
+                )
+            if row.status == Status.PASSING.value:
+                _unblock_dependents(session, feature_id, self.db.is_sqlite)
+            session.execute(delete(FileLock).where(FileLock.feature_id == feature_id))
+            _log(session, [(f"released:{status}", feature_id, owner, {"token": token, "now": row.status})])
+            return ReleaseResult(feature_id, row.status, row.attempts, applied=True)
+
+        return self.db.run(work)
+
+    def heartbeat(self, owner: str, held: Mapping[int, int] | None = None) -> HeartbeatResult:
+        """Extend every lease ``owner`` holds, in one statement.
+
+        ``held`` maps feature id -> lease token the caller believes it holds; those no
+        longer renewed (reaped, or claimed by someone else since) come back in ``lost``.
+        """
+
+        def work(session: Session) -> HeartbeatResult:
+            now = utcnow()
+            rows = session.execute(
+                update(Feature)
+                .where(Feature.owner == owner, Feature.status == Status.CLAIMED.value)
+                .values(lease_expires_at=now + timedelta(seconds=self.lease_seconds))
+                .returning(Feature.id, Feature.lease_token)
+                .execution_options(synchronize_session=False)
+            ).all()
+            current = {r.id: r.lease_token for r in rows}
+            lost = {fid for fid, tok in (held or {}).items() if current.get(fid) != tok}
+            return HeartbeatResult(frozenset(current), frozenset(lost))
+
+        return self.db.run(work)
+
+    def reap_expired(self) -> list[int]:
+        """Return expired claims (their owner stopped heart-beating) to ``pending``; frees their locks."""
+
+        def work(session: Session) -> list[int]:
+            now = utcnow()
+            expired = and_(Feature.status == Status.CLAIMED.value, Feature.lease_expires_at < now)
+            query = select(Feature.id, Feature.owner).where(expired).order_by(Feature.id)
+            if not self.db.is_sqlite:
+                query = query.with_for_update(skip_locked=True)
+            victims = session.execute(query).all()
+            if not victims:
+                return []
+            ids = [v.id for v in victims]
+            session.execute(
+                update(Feature)
+                .where(Feature.id.in_(ids), expired)
+                .values(status=Status.PENDING.value, owner=None, agent_id=None, lease_expires_at=None, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            session.execute(delete(FileLock).where(FileLock.feature_id.in_(ids)))
+            _log(session, [("reaped", v.id, v.owner, None) for v in victims])
+            return ids
+
+        return self.db.run(work)
+
+    def give_back_all(self, owner: str) -> list[int]:
+        """Return every claim of ``owner`` to ``pending`` without using attempts (graceful shutdown)."""
+
+        def work(session: Session) -> list[int]:
+            now = utcnow()
+            ids = session.scalars(
+                update(Feature)
+                .where(Feature.owner == owner, Feature.status == Status.CLAIMED.value)
+                .values(status=Status.PENDING.value, owner=None, agent_id=None, lease_expires_at=None, updated_at=now)
+                .returning(Feature.id)
+                .execution_options(synchronize_session=False)
+            ).all()
+            if ids:
+                session.execute(delete(FileLock).where(FileLock.feature_id.in_(ids)))
+                _log(session, [("given_back", fid, owner, None) for fid in ids])
+            return list(ids)
+
+        return self.db.run(work)
+
+    def retry(self, feature_id: int) -> None:
+        """Put a failed feature back to ``pending`` with a fresh attempt budget."""
+
+        def work(session: Session) -> None:
+            row = session.get(Feature, feature_id)
+            if row is None:
+                raise NotFoundError(f"no feature with id {feature_id}; see `status` for ids")
+            if row.status != Status.FAILED.value:
+                raise InputError(f"feature #{feature_id} ({row.name}) is {row.status}; only failed features can be retried")
+            row.status = Status.PENDING.value
+            row.attempts = 0
+            row.finished_at = None
+            _log(session, [("retry", feature_id, None, None)])
+
+        self.db.run(work)
+
+    # -- file locks ---------------------------------------------------------------
+
+    def _project(self) -> Path:
+        if self.project_dir is None:
+            raise InputError("file locks need the project directory (AGENT_MANAGER_PROJECT_DIR)")
+        return self.project_dir
+
+    def claim_file(self, file_path: str, agent_id: str, feature_id: int | None = None) -> LockResult:
+        """Lock a project file for ``agent_id``. Another holder is a normal ``success=False``.
+
+        Raises PathOutsideProjectError / InputError for a path an agent must not use.
+        """
+        path = resolve_project_path(self._project(), file_path)
+        dialect_insert = sqlite.insert if self.db.is_sqlite else postgresql.insert
+
+        def work(session: Session) -> LockResult:
+            inserted = session.execute(
+                dialect_insert(FileLock)
+                .values(path=path, owner=agent_id, feature_id=feature_id, acquired_at=utcnow())
+                .on_conflict_do_nothing(index_elements=["path"])
+                .returning(FileLock.path)
+            ).first()
+            if inserted is not None:
+                _log(session, [("file_locked", feature_id, agent_id, {"path": path})])
+                return LockResult(True, f"locked {path}", path)
+            holder = session.execute(
+                select(FileLock.owner, FileLock.feature_id, Feature.name)
+                .outerjoin(Feature, Feature.id == FileLock.feature_id)
+                .where(FileLock.path == path)
+            ).first()
+            if holder is None:  # released between our insert and this read
+                return LockResult(False, f"{path} was just released; try again", path)
+            if holder.owner == agent_id:
+                return LockResult(True, f"you already hold {path}", path)
+            who = f"feature #{holder.feature_id} ({holder.name})" if holder.feature_id else holder.owner
+            return LockResult(False, f"{path} is held by {who}; work on other files or try again later", path)
+
+        return self.db.run(work)
+
+    def release_file(self, file_path: str, agent_id: str) -> LockResult:
+        """Unlock a file ``agent_id`` holds; releasing a lock you do not hold is ``success=False``."""
+        path = resolve_project_path(self._project(), file_path)
+
+        def work(session: Session) -> LockResult:
+            gone = session.execute(
+                delete(FileLock).where(FileLock.path == path, FileLock.owner == agent_id).returning(FileLock.path)
+            ).first()
+            if gone is None:
+                return LockResult(False, f"you do not hold a lock on {path}", path)
+            _log(session, [("file_released", None, agent_id, {"path": path})])
+            return LockResult(True, f"released {path}", path)
+
+        return self.db.run(work)
+
+    def release_all(self, agent_id: str) -> int:
+        """Drop every file lock ``agent_id`` holds; returns how many."""
+
+        def work(session: Session) -> int:
+            return len(
+                session.execute(delete(FileLock).where(FileLock.owner == agent_id).returning(FileLock.path)).all()
+            )
+
+        return self.db.run(work)
+
+    def file_locks(self) -> list[tuple[str, str, int | None]]:
+        """(path, owner, feature_id) of every lock, by path."""
+        return self.db.run(
+            lambda s: [
+                (r.path, r.owner, r.feature_id)
+                for r in s.execute(select(FileLock.path, FileLock.owner, FileLock.feature_id).order_by(FileLock.path))
+            ],
+            read_only=True,
+        )
+
+    # -- import and status ----------------------------------------------------------
+
+    def dependency_map(self) -> dict[str, tuple[str, ...]]:
+        """``{name: (dependency names...)}`` for every feature in the database."""
+        return self.db.run(_dependency_map, read_only=True)
+
+    def import_specs(self, specs: Iterable[FeatureSpec]) -> ImportReport:
+        """Add new features and update unclaimed ones, matched by name; all or nothing.
+
+        Features in the database but not in ``specs`` are kept. Raises FeaturesFileError
+        for an unknown dependency or a cycle through features already in the database.
+        """
+        specs = list(specs)
+        return self.db.run(lambda session: _import(session, specs, self.db.is_sqlite))
+
+    def status_report(self) -> StatusReport:
+        return self.db.run(_status_report, read_only=True)
+
+    def events(self, feature_id: int | None = None) -> list[tuple[int, str, int | None, str | None]]:
+        """(id, kind, feature_id, owner) of logged events, oldest first."""
+
+        def work(session: Session):
+            query = select(Event.id, Event.kind, Event.feature_id, Event.owner).order_by(Event.id)
+            if feature_id is not None:
+                query = query.where(Event.feature_id == feature_id)
+            return [tuple(r) for r in session.execute(query)]
+
+        return self.db.run(work, read_only=True)
+
+
+# -- helpers (all run inside the caller's transaction) ----------------------------------
+
+
+def _claimed(row: Feature) -> ClaimedFeature:
+    return ClaimedFeature(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        category=row.category,
+        priority=row.priority,
+        steps=tuple(row.steps or ()),
+        verify=row.verify,
+        model=row.model,
+        max_attempts=row.max_attempts,
+        attempts=row.attempts,
+        notes=row.notes,
+        owner=row.owner or "",
+        agent_id=row.agent_id or "",
+        lease_token=row.lease_token,
+        lease_expires_at=row.lease_expires_at,  # type: ignore[arg-type]
+    )
+
+
+def _unblock_dependents(session: Session, feature_id: int, is_sqlite: bool) -> None:
+    dependents = select(FeatureDependency.feature_id).where(FeatureDependency.depends_on_id == feature_id)
+    if not is_sqlite:
+        # Lock dependents in id order so two releases sharing dependents cannot deadlock.
+        session.execute(
+            select(Feature.id).where(Feature.id.in_(dependents)).order_by(Feature.id).with_for_update()
+        ).all()
+    session.execute(
+        update(Feature)
+        .where(Feature.id.in_(dependents))
+        .values(unmet_deps=Feature.unmet_deps - 1)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _log(session: Session, entries: list[tuple[str, int | None, str | None, dict | None]]) -> None:
+    if entries:
+        now = utcnow()
+        session.execute(
+            insert(Event),
+            [{"ts": now, "kind": k, "feature_id": f, "owner": o, "detail": d} for k, f, o, d in entries],
+        )
+
+
+def _dependency_map(session: Session) -> dict[str, tuple[str, ...]]:
+    names = dict(session.execute(select(Feature.id, Feature.name)).all())
+    edges: dict[str, list[str]] = {name: [] for name in names.values()}
+    for fid, dep in session.execute(select(FeatureDependency.feature_id, FeatureDependency.depends_on_id)):
+        edges[names[fid]].append(names[dep])
+    return {name: tuple(deps) for name, deps in edges.items()}
+
+
+_SPEC_FIELDS = ("description", "category", "priority", "verify", "model", "max_attempts")
+
+
+def _import(session: Session, specs: list[FeatureSpec], is_sqlite: bool) -> ImportReport:
+    if not is_sqlite:
+        # Imports are rare; serialising them against claims keeps unmet_deps exact.
+        session.execute(text("LOCK TABLE features IN SHARE ROW EXCLUSIVE MODE"))
+    columns = (Feature.id, Feature.name, Feature.status, Feature.steps, *(getattr(Feature, f) for f in _SPEC_FIELDS))
+    existing = {r.name: r for r in session.execute(select(*columns))}
+    old_edges = _dependency_map(session)
+    added, updated, unchanged, skipped = [], [], [], []
+    rewire: list[FeatureSpec] = []
+    for spec in specs:
+        row = existing.get(spec.name)
+        if row is None:
+            added.append(spec)
+            rewire.append(spec)
+            continue
+        changed = any(getattr(row, f) != getattr(spec, f) for f in _SPEC_FIELDS) or list(row.steps or []) != list(
+            spec.steps
+        ) or set(old_edges.get(spec.name, ())) != set(spec.depends_on)
+        if not changed:
+            unchanged.append(spec.name)
+        elif row.status != Status.PENDING.value:
+            skipped.append(spec.name)
+        else:
+            updated.append(spec.name)
+            rewire.append(spec)
+            session.execute(
+                update(Feature)
+                .where(Feature.id == row.id)
+                .values(steps=list(spec.steps), updated_at=utcnow(), **{f: getattr(spec, f) for f in _SPEC_FIELDS})
+                .execution_options(synchronize_session=False)
+            )
+
+    edges = dict(old_edges)
+    edges.update({spec.name: spec.depends_on for spec in rewire})
+    for spec in rewire:
+        unknown = [d for d in spec.depends_on if d not in edges]
+        if unknown:
+            raise FeaturesFileError(
+                f"feature {spec.name!r} depends on unknown feature(s) {', '.join(map(repr, unknown))}",
+                (spec.name, *unknown),
+            )
+    graph = dag.build_graph(edges)
+    cycle = dag.find_cycle(graph)
+    if cycle:
+        raise FeaturesFileError(f"dependency cycle {' -> '.join(map(repr, cycle))}", tuple(dict.fromkeys(cycle)))
+
+    now = utcnow()
+    if added:
+        session.execute(
+            insert(Feature),
+            [
+                {
+                    "name": s.name,
+                    "steps": list(s.steps),
+                    "status": Status.PENDING.value,
+                    "created_at": now,
+                    "updated_at": now,
+                    **{f: getattr(s, f) for f in _SPEC_FIELDS},
+                }
+                for s in added
+            ],
+        )
+    ids = dict(session.execute(select(Feature.name, Feature.id)).all())
+    rewired_ids = [ids[s.name] for s in rewire]
+    if rewired_ids:
+        session.execute(delete(FeatureDependency).where(FeatureDependency.feature_id.in_(rewired_ids)))
+        pairs = [{"feature_id": ids[s.name], "depends_on_id": ids[d]} for s in rewire for d in s.depends_on]
+        if pairs:
+            session.execute(insert(FeatureDependency), pairs)
+
+    lengths = dag.critical_path_lengths(graph)
+    priorities = dict(session.execute(select(Feature.name, Feature.priority)).all())
+    current = {
+        r.name: (r.critical_path, r.claim_order)
+        for r in session.execute(select(Feature.name, Feature.critical_path, Feature.claim_order))
+    }
+    changes = []
+    for name, length in lengths.items():
+        order = dag.claim_order(length, priorities[name])
+        if current[name] != (length, order):
+            changes.append({"id": ids[name], "critical_path": length, "claim_order": order})
+    if changes:
+        session.execute(update(Feature), changes)
+
+    dep = aliased(Feature)
+    unmet = (
+        select(func.count())
+        .select_from(FeatureDependency)
+        .join(dep, dep.id == FeatureDependency.depends_on_id)
+        .where(FeatureDependency.feature_id == Feature.id, dep.status != Status.PASSING.value)
+        .scalar_subquery()
+    )
+    session.execute(update(Feature).values(unmet_deps=unmet).execution_options(synchronize_session=False))
+
+    in_file = {s.name for s in specs}
+    report = ImportReport(
+        added=tuple(s.name for s in added),
+        updated=tuple(updated),
+        unchanged=tuple(unchanged),
+        skipped=tuple(skipped),
+        kept=tuple(sorted(n for n in existing if n not in in_file)),
+    )
+    _log(
+        session,
+        [("import", None, None, {k: len(getattr(report, k)) for k in ("added", "updated", "unchanged", "skipped", "kept")})],
+    )
+    return report
+
+
+def _status_report(session: Session) -> StatusReport:
+    rows = session.execute(select(Feature).order_by(Feature.id)).scalars().all()
+    names = {r.id: r.name for r in rows}
+    deps: dict[int, list[int]] = {r.id: [] for r in rows}
+    for fid, dep_id in session.execute(select(FeatureDependency.feature_id, FeatureDependency.depends_on_id)):
+        deps[fid].append(dep_id)
+    status = {r.id: r.status for r in rows}
+    blocked = dag.blocked_set(dag.build_graph(deps), status)
+    return StatusReport(
+        tuple(
+            FeatureView(
+                id=r.id,
+                name=r.name,
+                category=r.category,
+                status=BLOCKED if r.id in blocked and r.status == Status.PENDING.value else r.status,
+                attempts=r.attempts,
+                model=r.last_model or r.model,
+                cost_usd=r.cost_usd,
+                depends_on=tuple(names[d] for d in sorted(deps[r.id])),
+                notes=r.notes,
+                priority=r.priority,
+                critical_path=r.critical_path,
+                owner=r.owner if r.status == Status.CLAIMED.value else None,
+            )
+            for r in rows
+        )
+    )

@@ -1,0 +1,1 @@
+"""The supervisor: the agent loop, runners, model routing, workspaces and display."""

@@ -1,0 +1,202 @@
+"""Bad input gets one clear line, exit 2, and leaves the database exactly as it was."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from agent_manager import main
+from api.database import Database
+from api.queue import FeatureQueue
+
+GOOD = [
+    {"name": "schema", "category": "database"},
+    {"name": "api", "category": "backend", "depends_on": ["schema"]},
+]
+
+
+def j(value) -> bytes:  # noqa: ANN001
+    return json.dumps(value).encode()
+
+
+# (case id, file bytes, fragment the error line must contain)
+BAD_FILES = [
+    ("cycle", j([{"name": "a", "depends_on": ["b"]}, {"name": "b", "depends_on": ["a"]}]), "cycle 'a' -> 'b' -> 'a'"),
+    (
+        "long-cycle",
+        j([{"name": "x", "depends_on": ["z"]}, {"name": "y", "depends_on": ["x"]}, {"name": "z", "depends_on": ["y"]}]),
+        "dependency cycle",
+    ),
+    ("cycle-through-database", j([{"name": "schema", "depends_on": ["api"]}]), "cycle"),
+    ("self-dependency", j([{"name": "a", "depends_on": ["a"]}]), "'a' depends on itself"),
+    ("unknown-dependency", j([{"name": "a", "depends_on": ["ghost"]}]), "unknown feature(s) 'ghost'"),
+    ("duplicate-name", j([{"name": "a"}, {"name": "a"}]), "duplicate feature name 'a'"),
+    ("missing-name", j([{"description": "no name"}]), "feature #1: \"name\" must be a non-empty string (missing)"),
+    ("empty-name", j([{"name": ""}]), "\"name\" must be a non-empty string"),
+    ("blank-name", j([{"name": "   "}]), "\"name\" must be a non-empty string"),
+    ("name-not-string", j([{"name": 7}]), "\"name\" must be a non-empty string (a number)"),
+    ("name-with-newline", j([{"name": "a\nb"}]), "control characters"),
+    ("name-too-long", j([{"name": "n" * 201}]), "at most 200 characters"),
+    ("top-level-string", j("features"), "expected a JSON list of features, got a string"),
+    ("top-level-number", b"42", "got a number"),
+    ("object-without-features", j({"items": []}), "unknown top-level key(s) 'items'"),
+    ("features-not-list", j({"features": {"name": "a"}}), "got an object"),
+    ("empty-list", j([]), "contains no features"),
+    ("item-not-object", j(["a"]), "feature #1 is a string, expected an object"),
+    ("priority-string", j([{"name": "a", "priority": "high"}]), "'a': \"priority\" must be an integer, got a string"),
+    ("priority-bool", j([{"name": "a", "priority": True}]), "\"priority\" must be an integer, got a boolean"),
+    ("priority-float", j([{"name": "a", "priority": 1.5}]), "\"priority\" must be an integer"),
+    ("priority-huge", j([{"name": "a", "priority": 10**12}]), "\"priority\" must be between -1000000 and 1000000"),
+    ("priority-nan", b'[{"name": "a", "priority": NaN}]', "NaN is not allowed"),
+    ("depends-on-string", j([{"name": "a"}, {"name": "b", "depends_on": "a"}]), "\"depends_on\" must be a list of strings"),
+    ("depends-on-number", j([{"name": "a", "depends_on": [1]}]), "\"depends_on\" must be a list of strings"),
+    ("steps-string", j([{"name": "a", "steps": "do it"}]), "\"steps\" must be a list of strings"),
+    ("description-number", j([{"name": "a", "description": 3}]), "\"description\" must be a string"),
+    ("unknown-field", j([{"name": "a", "depends-on": ["b"]}]), "unknown field(s) 'depends-on'"),
+    ("bad-model", j([{"name": "a", "model": "gpt-4"}]), "\"model\" must be haiku, sonnet, opus"),
+    ("max-attempts-zero", j([{"name": "a", "max_attempts": 0}]), "\"max_attempts\" must be between 1 and 100"),
+    ("max-attempts-string", j([{"name": "a", "max_attempts": "3"}]), "\"max_attempts\" must be an integer"),
+    ("empty-verify", j([{"name": "a", "verify": " "}]), "\"verify\" is an empty command"),
+    ("duplicate-key", b'[{"name": "a", "name": "b"}]', "duplicate key 'name'"),
+    ("trailing-comma", b'[{"name": "a"},]', "invalid JSON at line 1 column"),
+    ("truncated", b'[{"name": "a"', "invalid JSON"),
+    ("empty-file", b"", "file is empty"),
+    ("utf16-bom", "[]".encode("utf-16"), "UTF-16"),
+    ("invalid-utf8", b'[{"name": "\xff"}]', "not valid UTF-8"),
+]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "features.json").write_bytes(j(GOOD))
+    return root
+
+
+def snapshot(url: str):  # noqa: ANN201
+    db = Database(url)
+    queue = FeatureQueue(db)
+    state = (queue.status_report(), queue.dependency_map(), queue.events(), queue.file_locks())
+    db.dispose()
+    return state
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("agent-manager: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("case,content,fragment", BAD_FILES, ids=[c[0] for c in BAD_FILES])
+def test_bad_features_file_is_one_line_exit_2_and_changes_nothing(
+    project: Path, capsys: pytest.CaptureFixture[str], case: str, content: bytes, fragment: str
+) -> None:
+    assert main(["import", "--project-dir", str(project)]) == 0
+    url = f"sqlite:///{project / '.agent-manager' / 'features.db'}"
+    before = snapshot(url)
+    capsys.readouterr()
+    bad = project / "bad.json"
+    bad.write_bytes(content)
+
+    code = main(["import", "--project-dir", str(project), "--features", str(bad)])
+
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2
+    assert fragment in line
+    assert snapshot(url) == before
+
+
+NEW_PROJECT_CASES = [c for c in BAD_FILES if c[0] != "cycle-through-database"]
+
+
+@pytest.mark.parametrize("case,content,fragment", NEW_PROJECT_CASES, ids=[c[0] for c in NEW_PROJECT_CASES])
+def test_bad_features_file_on_a_new_project_creates_no_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, content: bytes, fragment: str
+) -> None:
+    (tmp_path / "features.json").write_bytes(content)
+    assert main(["import", "--project-dir", str(tmp_path)]) == 2
+    assert fragment in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / ".agent-manager" / "features.db").exists()
+
+
+def test_utf8_bom_from_windows_editors_is_accepted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "features.json").write_bytes(b"\xef\xbb\xbf" + j(GOOD))
+    assert main(["import", "--project-dir", str(tmp_path)]) == 0
+    assert "2 added" in capsys.readouterr().out
+
+
+def test_status_json_after_import_lists_every_feature(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["import", "--project-dir", str(project)]) == 0
+    capsys.readouterr()
+    assert main(["status", "--project-dir", str(project), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [f["name"] for f in doc["features"]] == ["schema", "api"]
+    assert doc["features"][1]["depends_on"] == ["schema"]
+    assert doc["counts"] == {"pending": 2}
+
+
+def test_status_table_shows_the_features(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["import", "--project-dir", str(project)])
+    capsys.readouterr()
+    assert main(["--project-dir", str(project), "status"]) == 0
+    out = capsys.readouterr().out
+    assert "schema" in out and "database" in out and "pending: 2" in out
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "argv,env,fragment",
+    [
+        (["status"], {}, "--project-dir is required"),
+        (["status", "--project-dir", "/nonexistent/dir"], {}, "project directory /nonexistent/dir does not exist"),
+        (["import", "--project-dir", "{project}/features.json"], {}, "is not a directory"),
+        (["import", "--project-dir", "{project}", "--features", "{project}/missing.json"], {}, "no features file at"),
+        (["import", "--project-dir", "{project}", "--features", "{project}"], {}, "is a directory"),
+        (["status", "--project-dir", "{project}"], {}, "no database at"),
+        (["--project-dir", "{project}", "--max-agents", "0", "status"], {}, "--max-agents must be at least 1"),
+        (["--project-dir", "{project}", "--max-agents", "many", "status"], {}, "--max-agents must be an integer"),
+        (["status", "--project-dir", "{project}"], {"AGENT_MANAGER_MAX_AGENTS": "x"}, "AGENT_MANAGER_MAX_AGENTS must be"),
+        (["import", "--project-dir", "{project}", "--database-url", "mysql://x/y"], {}, "unsupported database URL"),
+        (["import", "--project-dir", "{project}", "--database-url", "sqlite://"], {}, "in-memory SQLite"),
+        (["import", "--project-dir", "{project}", "--database-url", "::"], {}, "bad database URL"),
+        (
+            ["import", "--project-dir", "{project}", "--database-url", "postgresql://u@127.0.0.1:{port}/db"],
+            {},
+            "cannot open database postgresql+psycopg://u@127.0.0.1:",
+        ),
+        (["retry", "999", "--project-dir", "{project}"], {}, "no database at"),
+    ],
+)
+def test_bad_arguments_are_one_line_exit_2(
+    project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv, env, fragment
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    port = _closed_port()
+    argv = [a.format(project=project, port=port) for a in argv]
+    assert main(argv) == 2
+    assert fragment in one_error_line(capsys.readouterr().err)
+
+
+def test_environment_fallbacks_select_the_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENT_MANAGER_PROJECT_DIR", str(project))
+    assert main(["import"]) == 0
+    assert (project / ".agent-manager" / "features.db").exists()
+
+
+def test_retry_of_an_unknown_id_names_it(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["import", "--project-dir", str(project)])
+    capsys.readouterr()
+    assert main(["retry", "42", "--project-dir", str(project)]) == 2
+    assert "no feature with id 42" in one_error_line(capsys.readouterr().err)
