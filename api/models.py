@@ -141,8 +141,14 @@ class AgentRun(Base):
     cost_usd: Mapped[float | None] = mapped_column(Float)
     transcript_path: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    # What the agent said through feature_release; the supervisor turns it into the outcome.
+    reported_status: Mapped[str | None] = mapped_column(String(20))
+    reported_notes: Mapped[str | None] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_agent_runs_feature_id", "feature_id", "attempt"),)
+    __table_args__ = (
+        Index("ix_agent_runs_feature_id", "feature_id", "attempt"),
+        Index("ix_agent_runs_agent_id", "agent_id"),
+    )
 
 
 class Event(Base):

@@ -23,7 +23,7 @@ from api import dag
 from api.database import Database
 from api.errors import FeaturesFileError, InputError, LeaseLostError, NotFoundError, PathOutsideProjectError
 from api.features_file import FeatureSpec
-from api.models import BLOCKED, Event, Feature, FeatureDependency, FileLock, Status, utcnow
+from api.models import BLOCKED, AgentRun, Event, Feature, FeatureDependency, FileLock, Status, utcnow
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_LEASE_SECONDS = 90.0
@@ -101,6 +101,29 @@ class FeatureView:
             "depends_on": list(self.depends_on),
             "notes": self.notes,
         }
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One agent attempt (a row of agent_runs)."""
+
+    id: int
+    feature_id: int
+    attempt: int
+    agent_id: str
+    model: str | None
+    session_id: str | None
+    outcome: str | None
+    reported_status: str | None
+    reported_notes: str | None
+    num_turns: int | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cost_usd: float | None
+    transcript_path: str | None
+    error: str | None
+    started_at: datetime
+    ended_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -374,6 +397,147 @@ class FeatureQueue:
 
         self.db.run(work)
 
+    # -- agent runs and what agents report ------------------------------------------
+
+    def start_run(self, claim: ClaimedFeature, model: str | None, transcript_path: str | None = None) -> RunRecord:
+        """Record the start of an agent attempt on a feature the caller holds."""
+
+        def work(session: Session) -> RunRecord:
+            held = session.execute(
+                select(Feature.id).where(
+                    Feature.id == claim.id,
+                    Feature.owner == claim.owner,
+                    Feature.lease_token == claim.lease_token,
+                    Feature.status == Status.CLAIMED.value,
+                )
+            ).first()
+            if held is None:
+                raise LeaseLostError(f"feature #{claim.id} is no longer held by {claim.owner}")
+            number = session.scalar(select(func.count()).where(AgentRun.feature_id == claim.id)) + 1
+            run = AgentRun(
+                feature_id=claim.id,
+                attempt=number,
+                owner=claim.owner,
+                agent_id=claim.agent_id,
+                model=model,
+                transcript_path=transcript_path,
+                started_at=utcnow(),
+            )
+            session.add(run)
+            session.flush()
+            return _run_record(run)
+
+        return self.db.run(work)
+
+    def finish_run(self, run_id: int, **fields: Any) -> None:
+        """Store the end of an attempt: outcome, session_id, num_turns, tokens, cost_usd, error, model..."""
+        allowed = {"outcome", "session_id", "num_turns", "input_tokens", "output_tokens", "cost_usd", "error",
+                   "model", "transcript_path"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise TypeError(f"unknown run fields {sorted(unknown)}")
+        self.db.run(
+            lambda s: s.execute(update(AgentRun).where(AgentRun.id == run_id).values(ended_at=utcnow(), **fields))
+        )
+
+    def set_run_session(self, run_id: int, session_id: str) -> None:
+        """Remember the session id as soon as it is known, so a crash can still resume it."""
+        self.db.run(lambda s: s.execute(update(AgentRun).where(AgentRun.id == run_id).values(session_id=session_id)))
+
+    def runs(self, feature_id: int) -> list[RunRecord]:
+        """Every attempt at a feature, oldest first."""
+        return self.db.run(
+            lambda s: [
+                _run_record(r)
+                for r in s.scalars(select(AgentRun).where(AgentRun.feature_id == feature_id).order_by(AgentRun.id))
+            ],
+            read_only=True,
+        )
+
+    def run(self, run_id: int) -> RunRecord:
+        def work(session: Session) -> RunRecord:
+            row = session.get(AgentRun, run_id)
+            if row is None:
+                raise NotFoundError(f"no agent run with id {run_id}")
+            return _run_record(row)
+
+        return self.db.run(work, read_only=True)
+
+    def feature_context(self, feature_id: int) -> dict[str, Any]:
+        """A feature's assignment as an agent reads it, with its dependencies' notes."""
+
+        def work(session: Session) -> dict[str, Any]:
+            row = session.get(Feature, feature_id)
+            if row is None:
+                raise NotFoundError(f"no feature with id {feature_id}")
+            dep = aliased(Feature)
+            deps = session.execute(
+                select(dep.id, dep.name, dep.status, dep.notes)
+                .join(FeatureDependency, FeatureDependency.depends_on_id == dep.id)
+                .where(FeatureDependency.feature_id == feature_id)
+                .order_by(dep.id)
+            ).all()
+            return {
+                "id": row.id,
+                "name": row.name,
+                "description": row.description,
+                "category": row.category,
+                "steps": list(row.steps or []),
+                "verify": row.verify,
+                "status": row.status,
+                "attempts": row.attempts,
+                "notes": row.notes,
+                "dependencies": [{"id": d.id, "name": d.name, "status": d.status, "notes": d.notes} for d in deps],
+            }
+
+        return self.db.run(work, read_only=True)
+
+    def report(self, agent_id: str, feature_id: int, status: str, notes: str = "") -> str:
+        """An agent's verdict on its feature (the MCP tool feature_release).
+
+        For a feature the supervisor assigned, the verdict is recorded on the running attempt
+        and the supervisor decides the outcome (it may still run ``verify``). A feature the
+        agent claimed itself (feature_claim_batch) is released directly. Returns the stored
+        status or "reported". Raises InputError for a bad status or another agent's feature.
+        """
+        if status not in (Status.PASSING.value, Status.FAILED.value, Status.PENDING.value):
+            raise InputError(f"invalid status {status!r}: use passing, failed or pending")
+        row = self.db.run(
+            lambda s: s.execute(
+                select(Feature.status, Feature.owner, Feature.agent_id, Feature.lease_token).where(Feature.id == feature_id)
+            ).first(),
+            read_only=True,
+        )
+        if row is None:
+            raise NotFoundError(f"no feature with id {feature_id}")
+        if row.status == Status.CLAIMED.value and row.owner == agent_id:
+            return self.release(feature_id, agent_id, row.lease_token, status, notes).status
+        if row.status != Status.CLAIMED.value or row.agent_id != agent_id:
+            raise InputError(f"feature #{feature_id} is not assigned to you (it is {row.status})")
+
+        def work(session: Session) -> str:
+            run_id = session.scalar(
+                select(AgentRun.id)
+                .where(AgentRun.agent_id == agent_id, AgentRun.feature_id == feature_id)
+                .order_by(AgentRun.id.desc())
+                .limit(1)
+            )
+            if run_id is None:
+                raise InputError(f"feature #{feature_id} has no running attempt for you")
+            session.execute(
+                update(AgentRun).where(AgentRun.id == run_id).values(reported_status=status, reported_notes=notes)
+            )
+            _log(session, [(f"reported:{status}", feature_id, agent_id, None)])
+            return "reported"
+
+        return self.db.run(work)
+
+    def claim_batch(self, count: int, agent_id: str) -> list[ClaimedFeature]:
+        """Claims for a lead agent that works through features itself (it owns the leases)."""
+        if not 1 <= count <= 50:
+            raise InputError(f"count must be between 1 and 50, got {count}")
+        return self.claim(count, agent_id)
+
     # -- file locks ---------------------------------------------------------------
 
     def _project(self) -> Path:
@@ -498,6 +662,28 @@ def _claimed(row: Feature) -> ClaimedFeature:
         agent_id=row.agent_id or "",
         lease_token=row.lease_token,
         lease_expires_at=row.lease_expires_at,  # type: ignore[arg-type]
+    )
+
+
+def _run_record(run: AgentRun) -> RunRecord:
+    return RunRecord(
+        id=run.id,
+        feature_id=run.feature_id,
+        attempt=run.attempt,
+        agent_id=run.agent_id,
+        model=run.model,
+        session_id=run.session_id,
+        outcome=run.outcome,
+        reported_status=run.reported_status,
+        reported_notes=run.reported_notes,
+        num_turns=run.num_turns,
+        input_tokens=run.input_tokens,
+        output_tokens=run.output_tokens,
+        cost_usd=run.cost_usd,
+        transcript_path=run.transcript_path,
+        error=run.error,
+        started_at=run.started_at,
+        ended_at=run.ended_at,
     )
 
 

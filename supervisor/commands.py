@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +13,19 @@ from api.errors import InputError
 from api.features_file import load_features_file
 from api.queue import FeatureQueue, ImportReport
 from supervisor import display
+from supervisor.claude_runner import ClaudeRunner
 from supervisor.config import Settings
+from supervisor.live import make_view
+from supervisor.loop import RunOptions, Supervisor
+from supervisor.routing import load_policy
+
+CREDENTIAL_VARIABLES = (
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "CLAUDE_CODE_USE_BEDROCK",
+    "CLAUDE_CODE_USE_VERTEX",
+)
 
 
 def _sqlite_missing(db: Database) -> bool:
@@ -63,5 +77,40 @@ def cmd_retry(settings: Settings, feature_id: int) -> int:
     return 0
 
 
+def check_credentials(env: dict[str, str] | None = None) -> None:
+    """Fail fast, before claiming anything, when the CLI could not authenticate at all."""
+    env = dict(os.environ if env is None else env)
+    if any(env.get(k) for k in CREDENTIAL_VARIABLES):
+        return
+    config_dir = Path(env.get("CLAUDE_CONFIG_DIR") or Path.home() / ".claude")
+    if (config_dir / ".credentials.json").exists():
+        return
+    raise InputError(
+        "no Anthropic credentials: set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN, or log in with `claude login`)"
+    )
+
+
 def cmd_run(settings: Settings) -> int:
-    raise InputError("running agents is not in this build yet; `import` and `status` are")
+    policy = load_policy(settings.project_dir)
+    check_credentials()
+    if settings.features_file.exists():
+        import_features(settings)
+    queue = open_queue(settings)
+    queue.default_max_attempts = policy.max_attempts
+    if not queue.status_report().features:
+        raise InputError(
+            f"no features to run: create {settings.features_file} (see features.example.json) or pass --features FILE"
+        )
+    options = RunOptions(
+        project_dir=settings.project_dir,
+        database_url=queue.db.url.render_as_string(hide_password=False),
+        logs_dir=settings.logs_dir,
+        max_agents=settings.max_agents,
+        lease_seconds=settings.lease_seconds,
+        policy=policy,
+    )
+    supervisor = Supervisor(queue, ClaudeRunner(), options, make_view())
+    summary = asyncio.run(supervisor.run())
+    if summary.stop_reason and summary.exit_code != 130:
+        print(f"agent-manager: error: {summary.stop_reason}", file=sys.stderr)
+    return summary.exit_code

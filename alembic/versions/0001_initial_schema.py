@@ -86,10 +86,13 @@ def upgrade() -> None:
     sa.Column('cost_usd', sa.Float(), nullable=True),
     sa.Column('transcript_path', sa.Text(), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('reported_status', sa.String(length=20), nullable=True),
+    sa.Column('reported_notes', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['feature_id'], ['features.id'], name=op.f('fk_agent_runs_feature_id_features'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_agent_runs'))
     )
     with op.batch_alter_table('agent_runs', schema=None) as batch_op:
+        batch_op.create_index('ix_agent_runs_agent_id', ['agent_id'], unique=False)
         batch_op.create_index('ix_agent_runs_feature_id', ['feature_id', 'attempt'], unique=False)
 
     op.create_table('feature_dependencies',
@@ -128,6 +131,7 @@ def downgrade() -> None:
     op.drop_table('feature_dependencies')
     with op.batch_alter_table('agent_runs', schema=None) as batch_op:
         batch_op.drop_index('ix_agent_runs_feature_id')
+        batch_op.drop_index('ix_agent_runs_agent_id')
 
     op.drop_table('agent_runs')
     with op.batch_alter_table('features', schema=None) as batch_op:

@@ -1,0 +1,288 @@
+"""The real agent runner: one Claude Agent SDK session (the bundled `claude` CLI) per attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from claude_agent_sdk import (
+    AssistantMessage,
+    ClaudeAgentOptions,
+    ClaudeSDKClient,
+    CLIConnectionError,
+    CLINotFoundError,
+    HookMatcher,
+    ProcessError,
+    ResultMessage,
+    ToolUseBlock,
+)
+from claude_agent_sdk import ResultError
+
+from supervisor.prompts import REMINDER, SYSTEM_APPEND
+from supervisor.runner import ActivityEvent, AgentOutcome, AgentTask, Ending
+
+try:  # newer SDKs only
+    from claude_agent_sdk import RateLimitEvent
+except ImportError:  # pragma: no cover
+    RateLimitEvent = None  # type: ignore[assignment,misc]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MCP_SERVER_NAME = "agent-manager"
+AGENT_MCP_TOOLS = ("feature_get", "feature_release", "claim_file", "release_file", "list_file_locks")
+BUILTIN_TOOLS = (
+    "Read", "Write", "Edit", "MultiEdit", "NotebookEdit", "Glob", "Grep", "LS",
+    "Bash", "BashOutput", "KillShell", "TodoWrite",
+)  # fmt: skip
+WRITE_TOOLS = "Write|Edit|MultiEdit|NotebookEdit"
+_INTERRUPT_GRACE_S = 5.0
+
+
+def mcp_tool_names() -> list[str]:
+    return [f"mcp__{MCP_SERVER_NAME}__{name}" for name in AGENT_MCP_TOOLS]
+
+
+class _Timeout(Exception):
+    def __init__(self, ending: Ending, message: str) -> None:
+        super().__init__(message)
+        self.ending = ending
+
+
+@dataclasses.dataclass
+class _Progress:
+    session_id: str | None = None
+    num_turns: int = 0
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model: str | None = None
+    reminders: int = 0
+    result: ResultMessage | None = None
+
+
+class ClaudeRunner:
+    """Runs AgentTasks on the bundled `claude` CLI through ClaudeSDKClient."""
+
+    def __init__(
+        self,
+        *,
+        setting_sources: tuple[str, ...] = ("project",),
+        extra_env: dict[str, str] | None = None,
+        cli_path: str | None = None,
+    ) -> None:
+        self.setting_sources = list(setting_sources)
+        self.extra_env = dict(extra_env or {})
+        self.cli_path = cli_path
+
+    def options(self, task: AgentTask, hook: Callable[..., Any]) -> ClaudeAgentOptions:
+        env = {
+            # Nothing but the model endpoint needs to be reachable.
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            # Our six tools are small: list them directly instead of behind ToolSearch,
+            # which saves a model round trip before the first feature_get.
+            "ENABLE_TOOL_SEARCH": "false",
+            **self.extra_env,
+            **task.env,
+        }
+        mcp_env = {**task.mcp_env, "PYTHONPATH": str(REPO_ROOT)}
+        return ClaudeAgentOptions(
+            cwd=str(task.cwd),
+            model=task.model,
+            fallback_model=task.fallback_model,
+            permission_mode="acceptEdits",  # bypassPermissions is refused as root
+            tools=list(BUILTIN_TOOLS),
+            allowed_tools=[*BUILTIN_TOOLS, *mcp_tool_names()],
+            system_prompt={"type": "preset", "preset": "claude_code", "append": SYSTEM_APPEND},
+            mcp_servers={
+                MCP_SERVER_NAME: {"type": "stdio", "command": sys.executable, "args": ["-m", "mcp_server"], "env": mcp_env}
+            },
+            max_turns=task.max_turns,
+            max_budget_usd=task.max_budget_usd,
+            resume=task.resume_session_id,
+            setting_sources=self.setting_sources,
+            env=env,
+            hooks={"PreToolUse": [HookMatcher(matcher=WRITE_TOOLS, hooks=[hook])]},
+            cli_path=self.cli_path,
+        )
+
+    async def run(self, task: AgentTask, on_activity: Callable[[ActivityEvent], None]) -> AgentOutcome:
+        progress = _Progress(session_id=task.resume_session_id)
+
+        async def guard(input_data: dict[str, Any], _tool_use_id: str | None, _context: Any) -> dict[str, Any]:
+            tool_input = input_data.get("tool_input") or {}
+            path = tool_input.get("file_path") or tool_input.get("notebook_path")
+            if not path or task.guard_write is None:
+                return {}
+            decision = await task.guard_write(str(path))
+            if decision.allowed:
+                return {}
+            on_activity(ActivityEvent(task.feature_id, "waiting_lock", decision.reason, progress.num_turns))
+            return {
+                "hookSpecificOutput": {
+                    "hookEventName": "PreToolUse",
+                    "permissionDecision": "deny",
+                    "permissionDecisionReason": decision.reason,
+                }
+            }
+
+        task.transcript_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(task.transcript_path, "a", encoding="utf-8") as transcript:
+            _write(transcript, "prompt", {"prompt": task.prompt, "model": task.model, "resume": task.resume_session_id})
+            try:
+                return await self._session(task, guard, progress, transcript, on_activity)
+            except _Timeout as exc:
+                return _outcome(progress, exc.ending, str(exc))
+            except CLINotFoundError as exc:
+                return _outcome(progress, Ending.SETUP_ERROR, f"claude CLI not found: {exc}")
+            except ResultError as exc:
+                return _from_result_error(progress, exc)
+            except ProcessError as exc:
+                return _outcome(progress, Ending.AGENT_ERROR, f"the claude process failed: {_first_line(exc)}")
+            except CLIConnectionError as exc:
+                if progress.result is not None:
+                    return _classify(progress, progress.result)
+                return _outcome(progress, Ending.SETUP_ERROR, f"cannot start the claude CLI: {_first_line(exc)}")
+            finally:
+                _write(transcript, "end", dataclasses.asdict(progress) | {"result": None})
+
+    async def _session(self, task, guard, progress, transcript, on_activity) -> AgentOutcome:  # noqa: ANN001
+        deadline = time.monotonic() + task.timeout_s
+        async with ClaudeSDKClient(options=self.options(task, guard)) as client:
+            await client.query(task.prompt)
+            while True:
+                try:
+                    result = await self._drain(client, task, progress, transcript, on_activity, deadline)
+                except _Timeout:
+                    await _interrupt(client)
+                    raise
+                if result is None:
+                    return _outcome(progress, Ending.AGENT_ERROR, "the session ended without a result")
+                if result.is_error:
+                    return _classify(progress, result)
+                if task.is_released is None or await task.is_released():
+                    return _outcome(progress, Ending.COMPLETED)
+                if progress.reminders >= task.reminders:
+                    return _outcome(progress, Ending.COMPLETED, "ended without calling feature_release")
+                progress.reminders += 1
+                _write(transcript, "reminder", {"n": progress.reminders})
+                await client.query(REMINDER)
+
+    async def _drain(self, client, task, progress, transcript, on_activity, deadline) -> ResultMessage | None:  # noqa: ANN001
+        messages = client.receive_response().__aiter__()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Timeout(Ending.TIMEOUT, f"timed out after {task.timeout_s:g} s")
+            wait = min(task.stall_s, left)
+            try:
+                message = await asyncio.wait_for(messages.__anext__(), timeout=wait)
+            except StopAsyncIteration:
+                return None
+            except asyncio.TimeoutError:
+                if wait < task.stall_s:
+                    raise _Timeout(Ending.TIMEOUT, f"timed out after {task.timeout_s:g} s") from None
+                raise _Timeout(Ending.STALLED, f"stalled: no message for {task.stall_s:g} s") from None
+            _write(transcript, type(message).__name__, _jsonable(message))
+            session_id = getattr(message, "session_id", None) or (getattr(message, "data", None) or {}).get(
+                "session_id"
+            )
+            if session_id and session_id != progress.session_id:
+                progress.session_id = session_id
+                if task.on_session is not None:
+                    await task.on_session(session_id)
+            if isinstance(message, AssistantMessage):
+                progress.model = message.model or progress.model
+                tools = [b.name for b in message.content if isinstance(b, ToolUseBlock)]
+                on_activity(
+                    ActivityEvent(task.feature_id, "tool" if tools else "message", ", ".join(tools), progress.num_turns)
+                )
+            elif RateLimitEvent is not None and isinstance(message, RateLimitEvent):
+                info = message.rate_limit_info
+                on_activity(ActivityEvent(task.feature_id, "rate_limit", info.status, utilization=info.utilization))
+            elif isinstance(message, ResultMessage):
+                _absorb(progress, message)
+                on_activity(ActivityEvent(task.feature_id, "turn", "", progress.num_turns, progress.cost_usd))
+                return message
+
+
+def _absorb(progress: _Progress, result: ResultMessage) -> None:
+    progress.result = result
+    progress.session_id = result.session_id or progress.session_id
+    # Each turn's result reports the session's running totals.
+    progress.num_turns = result.num_turns or progress.num_turns
+    progress.cost_usd = result.total_cost_usd or progress.cost_usd
+    usage = result.usage or {}
+    progress.input_tokens = sum(
+        int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    ) or progress.input_tokens
+    progress.output_tokens = int(usage.get("output_tokens") or 0) or progress.output_tokens
+    if result.model_usage:
+        progress.model = next(iter(result.model_usage))
+
+
+def _classify(progress: _Progress, result: ResultMessage) -> AgentOutcome:
+    return _classify_fields(
+        progress, result.subtype, result.api_error_status, result.terminal_reason, result.result, result.errors
+    )
+
+
+def _from_result_error(progress: _Progress, exc: ResultError) -> AgentOutcome:
+    if exc.session_id:
+        progress.session_id = exc.session_id
+    return _classify_fields(progress, exc.subtype, exc.api_error_status, exc.terminal_reason, exc.result, exc.errors)
+
+
+def _classify_fields(progress, subtype, status, reason, text, errors) -> AgentOutcome:  # noqa: ANN001
+    detail = _first_line(text or "; ".join(errors or []) or subtype or "error")
+    if status in (401, 403):
+        return _outcome(progress, Ending.AUTH_ERROR, f"the API rejected the credentials ({status}): {detail}", status)
+    if status is not None and (status == 429 or status >= 500) or reason == "api_error":
+        return _outcome(progress, Ending.API_UNAVAILABLE, f"API unavailable ({status or 'connection'}): {detail}", status)
+    if subtype == "error_max_turns":
+        return _outcome(progress, Ending.AGENT_ERROR, f"reached the turn limit ({progress.num_turns} turns)")
+    if subtype == "error_max_budget_usd":
+        return _outcome(progress, Ending.AGENT_ERROR, f"exceeded the per-feature budget (${progress.cost_usd:.4f})")
+    return _outcome(progress, Ending.AGENT_ERROR, f"session error: {detail}", status)
+
+
+def _outcome(progress: _Progress, ending: Ending, message: str = "", status: int | None = None) -> AgentOutcome:
+    return AgentOutcome(
+        ending=ending,
+        message=message,
+        session_id=progress.session_id,
+        num_turns=progress.num_turns,
+        input_tokens=progress.input_tokens,
+        output_tokens=progress.output_tokens,
+        cost_usd=progress.cost_usd,
+        model=progress.model,
+        reminders_sent=progress.reminders,
+        api_error_status=status,
+    )
+
+
+async def _interrupt(client: ClaudeSDKClient) -> None:
+    try:
+        await asyncio.wait_for(client.interrupt(), timeout=_INTERRUPT_GRACE_S)
+    except Exception:  # noqa: BLE001 - the session is being torn down either way
+        pass
+
+
+def _first_line(value: object) -> str:
+    text = str(value).strip()
+    return text.splitlines()[0][:500] if text else ""
+
+
+def _jsonable(message: object) -> Any:
+    if dataclasses.is_dataclass(message):
+        return dataclasses.asdict(message)  # type: ignore[arg-type]
+    return repr(message)
+
+
+def _write(transcript: TextIO, kind: str, data: Any) -> None:
+    transcript.write(json.dumps({"ts": time.time(), "type": kind, "data": data}, default=str) + "\n")
+    transcript.flush()

@@ -1,0 +1,152 @@
+"""What a run shows while it works: a rich live table on a TTY, one log line per event otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, TextIO
+
+from rich.console import Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from supervisor.display import STATUS_STYLE, console
+from supervisor.runner import ActivityEvent
+
+if TYPE_CHECKING:
+    from supervisor.loop import AgentState, RunSummary, Supervisor
+
+STALE_AFTER_S = 120.0  # no activity for this long is shown as "quiet"
+
+
+class PlainView:
+    """One line per event, for logs and pipes."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+
+    def _line(self, text: str) -> None:
+        self.out.write(f"{datetime.now():%H:%M:%S} {text}\n")
+        self.out.flush()
+
+    def start(self, supervisor: Supervisor) -> None:
+        opts = supervisor.options
+        self._line(f"supervisor {supervisor.owner}: up to {opts.max_agents} agent(s) on {opts.project_dir}")
+
+    def started(self, state: AgentState) -> None:
+        c = state.claim
+        self._line(f"#{c.id} {c.name}: started ({state.model}, attempt {state.attempt})")
+
+    def activity(self, state: AgentState, event: ActivityEvent) -> None:
+        if event.kind in ("waiting_lock", "rate_limit", "verify"):
+            self._line(f"#{state.claim.id} {state.claim.name}: {state.doing}{': ' + event.detail if event.detail else ''}")
+
+    def finished(self, state: AgentState, status: str, notes: str) -> None:
+        c = state.claim
+        took = time.monotonic() - state.started
+        first = (notes or "").strip().splitlines()[0][:160] if (notes or "").strip() else ""
+        self._line(
+            f"#{c.id} {c.name}: {status} after {took:.1f} s, {state.turns} turns, ${state.cost_usd:.4f}"
+            + (f" - {first}" if first else "")
+        )
+
+    def paused(self, seconds: float, reason: str) -> None:
+        self._line(f"pausing new claims for {seconds:.0f} s: {reason}")
+
+    def note(self, text: str) -> None:
+        self._line(text)
+
+    def stop(self, summary: RunSummary) -> None:
+        for line in summary_lines(summary):
+            self.out.write(line + "\n")
+        self.out.flush()
+
+
+class LiveView(PlainView):
+    """A live table of running agents and an overall progress bar (TTY only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.console = console()
+        self.supervisor: Supervisor | None = None
+        self.live: Live | None = None
+        self.done = 0
+        self.total = 0
+        self.notes: list[str] = []
+        self.pause_text = ""
+
+    def _line(self, text: str) -> None:
+        self.notes = (self.notes + [f"{datetime.now():%H:%M:%S} {text}"])[-6:]
+
+    def start(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        report = supervisor.queue.status_report()
+        self.total = len(report.features)
+        self.done = sum(1 for f in report.features if f.status in ("passing", "failed"))
+        self.live = Live(get_renderable=self._render, console=self.console, refresh_per_second=4, transient=False)
+        self.live.start()
+
+    def finished(self, state: AgentState, status: str, notes: str) -> None:
+        if status in ("passing", "failed"):
+            self.done += 1
+        super().finished(state, status, notes)
+
+    def paused(self, seconds: float, reason: str) -> None:
+        self.pause_text = f"paused until {datetime.fromtimestamp(time.time() + seconds):%H:%M:%S}: {reason}"
+        super().paused(seconds, reason)
+
+    def _render(self) -> Group:
+        table = Table(expand=True)
+        for column in ("feature", "model", "elapsed", "turns", "cost", "doing"):
+            table.add_column(column)
+        now = time.monotonic()
+        for state in list(self.supervisor.agents.values()) if self.supervisor else []:
+            quiet = now - state.last_activity > STALE_AFTER_S
+            table.add_row(
+                f"#{state.claim.id} {state.claim.name}",
+                state.model,
+                f"{now - state.started:.0f} s",
+                str(state.turns),
+                f"${state.cost_usd:.4f}",
+                Text("quiet (no message for a while)", style="yellow") if quiet else Text(state.doing),
+            )
+        bar = ProgressBar(total=max(self.total, 1), completed=self.done, width=40)
+        header = Text(f" {self.done}/{self.total} features finished ")
+        parts = [table, Group(header, bar)]
+        if self.pause_text and self.supervisor and self.supervisor._paused_until > now:
+            parts.append(Text(self.pause_text, style="yellow"))
+        parts += [Text(n, style="dim") for n in self.notes]
+        return Group(*parts)
+
+    def stop(self, summary: RunSummary) -> None:
+        if self.live is not None:
+            self.live.stop()
+        for line in summary_lines(summary):
+            style = STATUS_STYLE.get(line.split(":")[0].strip(), None)
+            self.console.print(line, style=style, highlight=False)
+
+
+def make_view() -> PlainView:
+    return LiveView() if sys.stdout.isatty() else PlainView()
+
+
+def summary_lines(summary: RunSummary) -> list[str]:
+    counts = summary.counts
+    lines = ["", "summary:"]
+    lines.append(
+        "  " + ", ".join(f"{k}: {counts.get(k, 0)}" for k in ("passing", "failed", "blocked", "pending", "claimed") if counts.get(k) or k in ("passing", "failed", "blocked"))
+    )
+    speedup = summary.agent_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
+    lines.append(
+        f"  wall time {summary.wall_seconds:.1f} s, agent time {summary.agent_seconds:.1f} s "
+        f"(parallel speedup {speedup:.2f}x), {summary.sessions} session(s)"
+    )
+    for model, cost in sorted(summary.cost_by_model.items()):
+        tin, tout = summary.tokens_by_model.get(model, (0, 0))
+        lines.append(f"  {model}: ${cost:.4f}, {tin} input / {tout} output tokens")
+    if summary.stop_reason:
+        lines.append(f"  stopped: {summary.stop_reason}")
+    return lines

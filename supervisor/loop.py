@@ -1,0 +1,434 @@
+"""The supervisor loop: keep up to N agent sessions busy on ready features until none remain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from api.errors import AgentManagerError, LeaseLostError, PathOutsideProjectError
+from api.queue import ClaimedFeature, FeatureQueue, RunRecord
+from supervisor.prompts import retry_prompt, task_prompt
+from supervisor.routing import AgentPolicy
+from supervisor.runner import INFRASTRUCTURE, ActivityEvent, AgentOutcome, AgentRunner, AgentTask, Ending, WriteDecision
+from supervisor.verify import run_verify
+
+log = logging.getLogger("agent_manager.supervisor")
+
+SHUTDOWN_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    project_dir: Path
+    database_url: str
+    logs_dir: Path
+    max_agents: int
+    lease_seconds: float
+    policy: AgentPolicy
+    # How often to look for work freed by other supervisors while nothing runs here.
+    idle_poll_seconds: float = 2.0
+
+
+@dataclass
+class AgentState:
+    """One running session, as the live view shows it."""
+
+    claim: ClaimedFeature
+    model: str
+    attempt: int
+    started: float = field(default_factory=time.monotonic)
+    turns: int = 0
+    cost_usd: float = 0.0
+    doing: str = "starting"
+    last_activity: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class RunSummary:
+    counts: dict[str, int]
+    wall_seconds: float
+    agent_seconds: float
+    cost_by_model: dict[str, float]
+    tokens_by_model: dict[str, tuple[int, int]]
+    sessions: int
+    stop_reason: str | None
+    exit_code: int
+
+
+class Supervisor:
+    """Claims ready features and runs one agent session per claim, up to ``max_agents`` at once."""
+
+    def __init__(self, queue: FeatureQueue, runner: AgentRunner, options: RunOptions, view) -> None:  # noqa: ANN001
+        self.queue = queue
+        self.runner = runner
+        self.options = options
+        self.view = view
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.agents: dict[int, AgentState] = {}
+        self._tasks: dict[int, asyncio.Task] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._fatal: tuple[str, int] | None = None
+        self._lost: set[int] = set()
+        self._given_back: Counter[int] = Counter()
+        self._paused_until = 0.0
+        self._outage_since: float | None = None
+        self._outage_failures = 0
+        self._signals = 0
+        self._cost: dict[str, float] = defaultdict(float)
+        self._tokens: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        self._agent_seconds = 0.0
+        self._sessions = 0
+
+    # -- the loop -------------------------------------------------------------------
+
+    async def run(self) -> RunSummary:
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        scheduler = self._scheduler()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._on_signal)
+        self.view.start(self)
+        try:
+            await self._dispatch()
+        finally:
+            await self._shutdown()
+            scheduler.shutdown(wait=False)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+        summary = await self._summary(time.monotonic() - started)
+        self.view.stop(summary)
+        return summary
+
+    async def _dispatch(self) -> None:
+        while not self._stopping and self._fatal is None:
+            self._wake.clear()
+            paused_for = self._paused_until - time.monotonic()
+            claimed: list[ClaimedFeature] = []
+            free = self.options.max_agents - len(self._tasks)
+            if free > 0 and paused_for <= 0:
+                claimed = await asyncio.to_thread(self.queue.claim, free, self.owner)
+                for claim in claimed:
+                    self._start(claim)
+            if not self._tasks and not claimed and paused_for <= 0:
+                # Nothing ready and nothing of ours running: finished, unless another
+                # supervisor still holds features whose success would unblock more.
+                report = await asyncio.to_thread(self.queue.status_report)
+                if not report.counts.get("claimed"):
+                    return
+                await self._sleep_or_wake(self.options.idle_poll_seconds)
+                continue
+            if claimed and len(self._tasks) < self.options.max_agents:
+                continue  # more may be ready right away
+            await self._sleep_or_wake(paused_for if paused_for > 0 else None)
+
+    async def _sleep_or_wake(self, seconds: float | None) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+
+    def _start(self, claim: ClaimedFeature) -> None:
+        task = asyncio.create_task(self._agent(claim), name=f"feature-{claim.id}")
+        self._tasks[claim.id] = task
+
+        def done(_: asyncio.Task) -> None:
+            self._tasks.pop(claim.id, None)
+            self.agents.pop(claim.id, None)
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    # -- one agent --------------------------------------------------------------------
+
+    async def _agent(self, claim: ClaimedFeature) -> None:
+        policy = self.options.policy
+        try:
+            feature = await asyncio.to_thread(self.queue.feature_context, claim.id)
+            previous = await asyncio.to_thread(self.queue.runs, claim.id)
+            model = policy.model_for(claim.category, claim.model)
+            attempt = len(previous) + 1
+            transcript = self.options.logs_dir / f"feature-{claim.id}-attempt-{attempt}.jsonl"
+            run = await asyncio.to_thread(self.queue.start_run, claim, model, str(transcript))
+        except LeaseLostError:
+            return
+        except AgentManagerError as exc:
+            self.view.note(f"feature #{claim.id}: cannot start: {exc.message}")
+            await self._release(claim, "pending", exc.message, count_attempt=False)
+            return
+        state = AgentState(claim, model, attempt)
+        self.agents[claim.id] = state
+        self.view.started(state)
+        task = self._task(claim, feature, model, transcript, run, previous)
+        outcome = await self._run_session(claim, state, task)
+        if task.resume_session_id and "No conversation found" in outcome.message:
+            # The old session is gone (another host, cleaned state): start afresh with the feedback.
+            task = self._task(claim, feature, model, transcript, run, previous, resume=False)
+            outcome = await self._run_session(claim, state, task)
+        self._sessions += 1
+        self._account(state, outcome)
+        await self._conclude(claim, state, run, outcome, feature)
+
+    def _task(self, claim, feature, model, transcript, run, previous, resume: bool = True) -> AgentTask:  # noqa: ANN001
+        policy = self.options.policy
+        last = previous[-1] if previous else None
+        feedback = claim.notes if last is not None and claim.attempts > 0 else None
+        resume_id = last.session_id if resume and feedback and last is not None else None
+        prompt = retry_prompt(feature, feedback) if resume_id else task_prompt(feature, feedback)
+
+        async def is_released() -> bool:
+            record = await asyncio.to_thread(self.queue.run, run.id)
+            return record.reported_status is not None
+
+        async def guard_write(path: str) -> WriteDecision:
+            try:
+                lock = await asyncio.to_thread(self.queue.claim_file, path, claim.agent_id, claim.id)
+            except PathOutsideProjectError as exc:
+                return WriteDecision(False, f"{exc.message}: agents may only write inside the project")
+            except AgentManagerError as exc:
+                return WriteDecision(False, exc.message)
+            return WriteDecision(lock.success, lock.message)
+
+        async def on_session(session_id: str) -> None:
+            await asyncio.to_thread(self.queue.set_run_session, run.id, session_id)
+
+        return AgentTask(
+            feature_id=claim.id,
+            feature_name=claim.name,
+            agent_id=claim.agent_id,
+            model=model,
+            prompt=prompt,
+            cwd=self.options.project_dir,
+            transcript_path=transcript,
+            mcp_env={
+                "AGENT_MANAGER_DATABASE_URL": self.options.database_url,
+                "AGENT_MANAGER_PROJECT_DIR": str(self.options.project_dir),
+                "AGENT_MANAGER_AGENT_ID": claim.agent_id,
+                "AGENT_MANAGER_FEATURE_ID": str(claim.id),
+                "AGENT_MANAGER_LEASE_SECONDS": str(self.options.lease_seconds),
+            },
+            max_turns=policy.max_turns,
+            timeout_s=policy.timeout_for(model),
+            stall_s=policy.stall_seconds,
+            max_budget_usd=policy.max_budget_usd,
+            fallback_model=policy.fallback_model,
+            resume_session_id=resume_id,
+            reminders=policy.reminders,
+            is_released=is_released,
+            guard_write=guard_write,
+            on_session=on_session,
+        )
+
+    async def _run_session(self, claim: ClaimedFeature, state: AgentState, task: AgentTask) -> AgentOutcome:
+        def on_activity(event: ActivityEvent) -> None:
+            state.last_activity = time.monotonic()
+            state.turns = max(state.turns, event.num_turns)
+            state.cost_usd = max(state.cost_usd, event.cost_usd)
+            state.doing = {
+                "tool": f"running {event.detail}",
+                "message": "thinking",
+                "waiting_lock": "waiting for a file lock",
+                "turn": "turn finished",
+                "rate_limit": f"rate limit {event.detail}",
+            }.get(event.kind, event.kind)
+            self.view.activity(state, event)
+
+        try:
+            return await self.runner.run(task, on_activity)
+        except asyncio.CancelledError:
+            if self._stopping or claim.id in self._lost:
+                return AgentOutcome(Ending.INTERRUPTED, "stopped by the supervisor")
+            raise
+        except Exception as exc:  # noqa: BLE001 - a runner bug must not take the queue down with it
+            log.exception("runner failed on feature %s", claim.id)
+            return AgentOutcome(Ending.AGENT_ERROR, f"runner error: {exc}")
+
+    async def _conclude(self, claim, state, run: RunRecord, outcome: AgentOutcome, feature) -> None:  # noqa: ANN001
+        record = await asyncio.to_thread(self.queue.run, run.id)
+        status, notes, count = self._judge(outcome, record)
+        if status == "passing" and claim.verify:
+            state.doing = "verifying"
+            self.view.activity(state, ActivityEvent(claim.id, "verify"))
+            result = await run_verify(claim.verify, self.options.project_dir, self.options.policy.verify_timeout_seconds)
+            if not result.passed:
+                status, notes = "failed", f"{notes}\n\n{result.summary(claim.verify)}".strip()
+        if status == "pending" and count is False and outcome.ending is Ending.COMPLETED:
+            self._given_back[claim.id] += 1
+            if self._given_back[claim.id] >= self.options.policy.max_attempts:
+                status, count = "failed", True
+                notes = f"{notes}\n(given back {self._given_back[claim.id]} times in this run)".strip()
+        await asyncio.to_thread(
+            self.queue.finish_run,
+            run.id,
+            outcome=status if outcome.ending is Ending.COMPLETED else outcome.ending.value,
+            session_id=outcome.session_id,
+            num_turns=outcome.num_turns,
+            input_tokens=outcome.input_tokens,
+            output_tokens=outcome.output_tokens,
+            cost_usd=outcome.cost_usd,
+            model=outcome.model or state.model,
+            error=outcome.message or None,
+        )
+        if claim.id in self._lost:
+            self.view.finished(state, "lost", "lease lost; another supervisor owns it now")
+            return
+        final = await self._release(
+            claim, status, notes, count_attempt=count, cost=outcome.cost_usd, model=outcome.model or state.model
+        )
+        await asyncio.to_thread(self.queue.release_all, claim.agent_id)
+        self._after_infrastructure(outcome)
+        self.view.finished(state, final or status, notes)
+
+    def _judge(self, outcome: AgentOutcome, record: RunRecord) -> tuple[str, str, bool]:
+        """(status to release with, notes, whether it uses an attempt)."""
+        if outcome.ending in INFRASTRUCTURE:
+            return "pending", outcome.message, False
+        if outcome.ending is not Ending.COMPLETED:
+            return "failed", outcome.message, True
+        notes = record.reported_notes or ""
+        if record.reported_status == "passing":
+            return "passing", notes, True
+        if record.reported_status == "failed":
+            return "failed", notes or "the agent reported failed", True
+        if record.reported_status == "pending":
+            return "pending", notes, False
+        return "failed", f"the session ended without feature_release after {outcome.reminders_sent} reminder(s)", True
+
+    async def _release(self, claim, status, notes, *, count_attempt=True, cost=0.0, model=None) -> str | None:  # noqa: ANN001
+        try:
+            result = await asyncio.to_thread(
+                self.queue.release,
+                claim.id,
+                claim.owner,
+                claim.lease_token,
+                status,
+                notes,
+                cost_usd=cost,
+                model=model,
+                count_attempt=count_attempt,
+            )
+            return result.status
+        except LeaseLostError as exc:
+            self.view.note(f"feature #{claim.id}: result discarded: {exc.message}")
+            return None
+
+    def _after_infrastructure(self, outcome: AgentOutcome) -> None:
+        policy = self.options.policy
+        if outcome.ending in (Ending.AUTH_ERROR, Ending.SETUP_ERROR):
+            hint = "check ANTHROPIC_API_KEY" if outcome.ending is Ending.AUTH_ERROR else "check the claude CLI install"
+            self._fail(f"{outcome.message} ({hint})", 2)
+        elif outcome.ending is Ending.API_UNAVAILABLE:
+            now = time.monotonic()
+            self._outage_since = self._outage_since or now
+            if now - self._outage_since >= policy.outage_limit_seconds:
+                self._fail(f"gave up after the API was unavailable for {now - self._outage_since:.0f} s: {outcome.message}", 1)
+                return
+            delay = min(policy.backoff_max_seconds, policy.backoff_initial_seconds * 2**self._outage_failures)
+            self._outage_failures += 1
+            self._paused_until = max(self._paused_until, now + delay)
+            self.view.paused(delay, outcome.message)
+        elif outcome.ending is not Ending.INTERRUPTED:
+            # The API answered: the outage, if any, is over.
+            self._outage_since, self._outage_failures = None, 0
+
+    def _fail(self, message: str, code: int) -> None:
+        if self._fatal is None:
+            self._fatal = (message, code)
+            self.view.note(f"stopping: {message}")
+        self._wake.set()
+
+    def _account(self, state: AgentState, outcome: AgentOutcome) -> None:
+        model = outcome.model or state.model
+        self._agent_seconds += time.monotonic() - state.started
+        self._cost[model] += outcome.cost_usd
+        self._tokens[model][0] += outcome.input_tokens
+        self._tokens[model][1] += outcome.output_tokens
+
+    # -- leases, signals, shutdown ----------------------------------------------------------
+
+    def _scheduler(self) -> AsyncIOScheduler:
+        scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
+        every = self.options.lease_seconds / 3
+        common = {"trigger": "interval", "seconds": every, "coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        scheduler.add_job(self._heartbeat, id="heartbeat", **common)
+        scheduler.add_job(self._reap, id="reaper", **common)
+        scheduler.start()
+        return scheduler
+
+    async def _heartbeat(self) -> None:
+        held = {fid: state.claim.lease_token for fid, state in self.agents.items()}
+        try:
+            result = await asyncio.to_thread(self.queue.heartbeat, self.owner, held)
+        except AgentManagerError as exc:
+            self.view.note(f"heartbeat failed: {exc.message}")
+            return
+        for fid in result.lost:
+            self._lost.add(fid)
+            task = self._tasks.get(fid)
+            if task is not None:
+                self.view.note(f"feature #{fid}: lease lost; stopping its session")
+                task.cancel()
+
+    async def _reap(self) -> None:
+        try:
+            reaped = await asyncio.to_thread(self.queue.reap_expired)
+        except AgentManagerError as exc:
+            self.view.note(f"reaper failed: {exc.message}")
+            return
+        if reaped:
+            self.view.note(f"returned expired claims to pending: {', '.join(f'#{i}' for i in reaped)}")
+            self._wake.set()
+
+    def _on_signal(self) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            os._exit(130)  # a second Ctrl-C: leave now; leases expire and the work is reclaimed
+        self.view.note("stopping: giving claimed features back (Ctrl-C again to quit at once)")
+        self._stopping = True
+        self._fatal = self._fatal or ("interrupted", 130)
+        self._wake.set()
+
+    async def _shutdown(self) -> None:
+        tasks = list(self._tasks.values())
+        if tasks and (self._stopping or self._fatal):
+            self._stopping = True
+            for task in tasks:
+                task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S if self._stopping else None)
+        # Whatever is still ours (a session that would not stop) goes back to the queue.
+        with contextlib.suppress(AgentManagerError):
+            given = await asyncio.to_thread(self.queue.give_back_all, self.owner)
+            if given:
+                self.view.note(f"gave back {len(given)} feature(s) to pending")
+
+    async def _summary(self, wall: float) -> RunSummary:
+        report = await asyncio.to_thread(self.queue.status_report)
+        counts = report.counts
+        if self._fatal is not None:
+            code = self._fatal[1]
+        elif counts and set(counts) == {"passing"}:
+            code = 0
+        else:
+            code = 1
+        return RunSummary(
+            counts=counts,
+            wall_seconds=wall,
+            agent_seconds=self._agent_seconds,
+            cost_by_model=dict(self._cost),
+            tokens_by_model={m: (t[0], t[1]) for m, t in self._tokens.items()},
+            sessions=self._sessions,
+            stop_reason=self._fatal[0] if self._fatal else None,
+            exit_code=code,
+        )

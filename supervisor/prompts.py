@@ -1,0 +1,54 @@
+"""What the agents are told: the protocol (system prompt), the task, reminders and retry feedback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SYSTEM_APPEND = """\
+You are one of several coding agents working in parallel on the same repository, each on its own
+feature. Coordination goes through the `agent-manager` MCP tools:
+1. Call `feature_get` first: it returns your feature, its acceptance steps and the notes left by
+   the features it depends on.
+2. Before you create or edit a file, call `claim_file` with its path. If another agent holds it,
+   work on something else and try again later; edits to files held by others are refused.
+   Call `release_file` when you are done with a file.
+3. Work only inside the current working directory. Do not push, deploy or rewrite git history.
+4. Finish by calling `feature_release` exactly once with your feature id and status `passing`
+   (all acceptance steps hold), `failed` (you cannot complete it; say why) or `pending` (give it
+   back unfinished). Put in `notes` what you built and what the next agent should know.
+"""
+
+REMINDER = (
+    "You ended your turn without calling the `feature_release` tool. Call `feature_release` now with your "
+    "feature id and status `passing`, `failed` or `pending`, and notes on what you did. If work remains, "
+    "finish it first."
+)
+
+
+def task_prompt(feature: dict[str, Any], feedback: str | None = None) -> str:
+    """The first user message of a session (``feature`` as api.queue.feature_context returns it)."""
+    lines = [f"Implement feature #{feature['id']}: {feature['name']}"]
+    if feature.get("category"):
+        lines.append(f"Category: {feature['category']}")
+    if feature.get("description"):
+        lines += ["", feature["description"]]
+    if feature.get("steps"):
+        lines += ["", "Acceptance steps:", *(f"- {step}" for step in feature["steps"])]
+    if feature.get("verify"):
+        lines += ["", f"After you report passing, this command must exit 0 in the working directory: {feature['verify']}"]
+    done = [d for d in feature.get("dependencies", []) if d.get("notes")]
+    if done:
+        lines += ["", "Notes from the features this one builds on:"]
+        lines += [f"- {d['name']}: {d['notes']}" for d in done]
+    if feedback:
+        lines += ["", "A previous attempt at this feature failed:", feedback, "Fix the cause before reporting passing."]
+    lines += ["", f"When done, call feature_release with feature_id={feature['id']}."]
+    return "\n".join(lines)
+
+
+def retry_prompt(feature: dict[str, Any], feedback: str) -> str:
+    """Sent when resuming the previous session of a failed attempt."""
+    return (
+        f"Your previous attempt at feature #{feature['id']} ({feature['name']}) did not pass:\n{feedback}\n\n"
+        f"Fix it, then call feature_release with feature_id={feature['id']} again."
+    )

@@ -1,0 +1,116 @@
+"""Agent policy: which model a feature gets, and the limits of its sessions.
+
+Defaults can be changed per project in ``DIR/.agent-manager/config.toml`` or in the
+``[tool.agent-manager]`` table of ``DIR/pyproject.toml`` (the former wins).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from api.errors import InputError
+from api.features_file import MODEL_RE
+
+DEFAULT_MODELS = {"testing": "haiku", "documentation": "haiku"}
+DEFAULT_TIMEOUTS = {"haiku": 600.0, "sonnet": 1800.0, "opus": 3600.0}
+
+
+@dataclass(frozen=True)
+class AgentPolicy:
+    models: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_MODELS))
+    default_model: str = "sonnet"
+    timeouts: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
+    max_turns: int = 200
+    stall_seconds: float = 1200.0
+    verify_timeout_seconds: float = 600.0
+    max_attempts: int = 3
+    reminders: int = 2
+    max_budget_usd: float | None = None  # per feature attempt
+    fallback_model: str | None = None
+    outage_limit_seconds: float = 600.0
+    backoff_initial_seconds: float = 5.0
+    backoff_max_seconds: float = 120.0
+
+    def model_for(self, category: str, override: str | None = None) -> str:
+        """The feature's own ``model`` wins, then its category's, then the default."""
+        return override or self.models.get(category.lower(), self.default_model)
+
+    def timeout_for(self, model: str) -> float:
+        family = next((f for f in ("haiku", "sonnet", "opus") if f in model), None)
+        return self.timeouts.get(model) or self.timeouts.get(family or "", self.timeouts.get("sonnet", 1800.0))
+
+
+_SCALARS = {f.name: f.type for f in dataclasses.fields(AgentPolicy) if f.name not in ("models", "timeouts")}
+
+
+def load_policy(project_dir: Path) -> AgentPolicy:
+    """Read the project's config. Raises InputError naming the file and key that is wrong."""
+    toml_path = project_dir / ".agent-manager" / "config.toml"
+    pyproject = project_dir / "pyproject.toml"
+    if toml_path.exists():
+        return policy_from_mapping(_read_toml(toml_path), str(toml_path))
+    if pyproject.exists():
+        table = _read_toml(pyproject).get("tool", {}).get("agent-manager")
+        if table is not None:
+            return policy_from_mapping(table, f"{pyproject} [tool.agent-manager]")
+    return AgentPolicy()
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: invalid TOML: {exc}") from None
+
+
+def policy_from_mapping(data: Mapping[str, Any], source: str) -> AgentPolicy:
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name == "models":
+            values["models"] = {**DEFAULT_MODELS, **_models(value, source)}
+        elif name == "timeouts":
+            values["timeouts"] = {**DEFAULT_TIMEOUTS, **_numbers(value, source, "timeouts")}
+        elif name in _SCALARS:
+            values[name] = _scalar(name, value, source)
+        else:
+            known = ", ".join(sorted([*_SCALARS, "models", "timeouts"]))
+            raise InputError(f"{source}: unknown setting {key!r}; known: {known}")
+    return AgentPolicy(**values)
+
+
+def _models(value: Any, source: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise InputError(f"{source}: [models] must be a table of category = model")
+    for category, model in value.items():
+        if not isinstance(model, str) or not MODEL_RE.match(model):
+            raise InputError(f"{source}: models.{category} must be haiku, sonnet, opus or a model id, got {model!r}")
+    return {k.lower(): v for k, v in value.items()}
+
+
+def _numbers(value: Any, source: str, table: str) -> dict[str, float]:
+    if not isinstance(value, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value.values()
+    ):
+        raise InputError(f"{source}: [{table}] must map model names to positive numbers of seconds")
+    return {k: float(v) for k, v in value.items()}
+
+
+def _scalar(name: str, value: Any, source: str) -> Any:
+    kind = _SCALARS[name]
+    if name in ("default_model", "fallback_model"):
+        if not isinstance(value, str) or not MODEL_RE.match(value):
+            raise InputError(f"{source}: {name} must be haiku, sonnet, opus or a model id, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise InputError(f"{source}: {name} must be a non-negative number, got {value!r}")
+    if "int" in str(kind) and "float" not in str(kind):
+        if not isinstance(value, int):
+            raise InputError(f"{source}: {name} must be an integer, got {value!r}")
+        return value
+    return float(value)

@@ -1,0 +1,228 @@
+"""The supervisor loop with scripted runners injected through the AgentRunner protocol.
+
+The real CLI paths are covered end to end in test_e2e_cli.py; these pin the loop's rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from api.database import Database
+from api.features_file import FeatureSpec
+from api.queue import FeatureQueue
+from supervisor.live import PlainView
+from supervisor.loop import RunOptions, Supervisor
+from supervisor.routing import AgentPolicy
+from supervisor.runner import ActivityEvent, AgentOutcome, AgentTask, Ending
+
+Behaviour = Callable[[AgentTask, "ScriptedRunner"], Awaitable[AgentOutcome]]
+
+
+class ScriptedRunner:
+    """Runs each task with a behaviour function; records concurrency and prompts."""
+
+    def __init__(self, queue: FeatureQueue, behaviour: Behaviour) -> None:
+        self.queue = queue
+        self.behaviour = behaviour
+        self.running = 0
+        self.peak = 0
+        self.tasks: list[AgentTask] = []
+        self.finished: dict[str, float] = {}
+        self.started: dict[str, float] = {}
+
+    async def run(self, task: AgentTask, on_activity: Callable[[ActivityEvent], None]) -> AgentOutcome:
+        self.tasks.append(task)
+        self.started.setdefault(task.feature_name, time.monotonic())
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            on_activity(ActivityEvent(task.feature_id, "tool", "Write", 1, 0.01))
+            return await self.behaviour(task, self)
+        finally:
+            self.running -= 1
+            self.finished[task.feature_name] = time.monotonic()
+
+    async def report(self, task: AgentTask, status: str, notes: str = "") -> None:
+        await asyncio.to_thread(self.queue.report, task.agent_id, task.feature_id, status, notes)
+
+
+async def passes(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
+    await asyncio.sleep(0.05)  # stands in for the agent's work; ordering is checked from timestamps
+    await runner.report(task, "passing", f"built {task.feature_name}")
+    return AgentOutcome(Ending.COMPLETED, session_id=f"s-{task.feature_id}", num_turns=3, cost_usd=0.01, model=task.model)
+
+
+DAG = [
+    FeatureSpec("schema", category="database"),
+    FeatureSpec("auth", category="backend", depends_on=("schema",)),
+    FeatureSpec("tasks", category="backend", depends_on=("schema",)),
+    FeatureSpec("ui", category="frontend", depends_on=("schema",)),
+    FeatureSpec("api-tests", category="testing", depends_on=("auth", "tasks")),
+    FeatureSpec("ui-tests", category="testing", depends_on=("ui",)),
+    FeatureSpec("docs", category="documentation", depends_on=("api-tests", "ui-tests")),
+]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    root.mkdir()
+    return root
+
+
+def make(db_url: str, project: Path, specs=DAG, **policy) -> FeatureQueue:  # noqa: ANN001
+    db = Database(db_url)
+    db.migrate()
+    queue = FeatureQueue(db, project_dir=project, lease_seconds=30, default_max_attempts=policy.get("max_attempts", 3))
+    queue.import_specs(specs)
+    return queue
+
+
+def supervise(queue: FeatureQueue, runner: ScriptedRunner, project: Path, max_agents: int = 3, **policy):  # noqa: ANN201
+    options = RunOptions(
+        project_dir=project,
+        database_url=queue.db.url.render_as_string(hide_password=False),
+        logs_dir=project / ".agent-manager" / "logs",
+        max_agents=max_agents,
+        lease_seconds=30,
+        policy=AgentPolicy(**policy),
+        idle_poll_seconds=0.2,
+    )
+    supervisor = Supervisor(queue, runner, options, PlainView(open("/dev/null", "w")))  # noqa: SIM115
+    return asyncio.run(asyncio.wait_for(supervisor.run(), 60)), supervisor
+
+
+def statuses(queue: FeatureQueue) -> dict[str, str]:
+    return {f.name: f.status for f in queue.status_report().features}
+
+
+@pytest.mark.parametrize("max_agents,peak", [(3, 3), (1, 1)])
+def test_runs_the_dag_in_dependency_order_with_bounded_parallelism(
+    db_url: str, project: Path, max_agents: int, peak: int
+) -> None:
+    queue = make(db_url, project)
+    runner = ScriptedRunner(queue, passes)
+    summary, _ = supervise(queue, runner, project, max_agents=max_agents)
+    assert summary.exit_code == 0
+    assert set(statuses(queue).values()) == {"passing"}
+    assert runner.peak == peak
+    deps = {s.name: s.depends_on for s in DAG}
+    for name, started in runner.started.items():
+        assert all(runner.finished[d] <= started for d in deps[name]), name
+    models = {t.feature_name: t.model for t in runner.tasks}
+    assert models["api-tests"] == models["docs"] == "haiku"
+    assert models["schema"] == models["ui"] == "sonnet"
+    auth = next(t for t in runner.tasks if t.feature_name == "auth")
+    assert "schema: built schema" in auth.prompt
+
+
+def test_verify_failure_is_a_failed_attempt_and_the_retry_sees_the_output(db_url: str, project: Path) -> None:
+    specs = [FeatureSpec("checked", verify="echo missing-endpoint >&2; exit 3", max_attempts=2)]
+    queue = make(db_url, project, specs)
+    runner = ScriptedRunner(queue, passes)
+    summary, _ = supervise(queue, runner, project)
+    assert summary.exit_code == 1
+    (feature,) = queue.status_report().features
+    assert (feature.status, feature.attempts) == ("failed", 2)
+    assert "missing-endpoint" in feature.notes and "exited 3" in feature.notes
+    assert len(runner.tasks) == 2
+    retry = runner.tasks[1]
+    assert retry.resume_session_id == "s-1"
+    assert "missing-endpoint" in retry.prompt
+
+
+def test_a_session_that_never_releases_fails_then_blocks_its_dependents(db_url: str, project: Path) -> None:
+    async def silent(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
+        return AgentOutcome(Ending.COMPLETED, session_id="s", reminders_sent=task.reminders)
+
+    queue = make(db_url, project, [FeatureSpec("mute"), FeatureSpec("after", depends_on=("mute",))])
+    runner = ScriptedRunner(queue, silent)
+    summary, _ = supervise(queue, runner, project)
+    assert summary.exit_code == 1
+    assert statuses(queue) == {"mute": "failed", "after": "blocked"}
+    (mute, _) = queue.status_report().features
+    assert mute.attempts == 3 and "without feature_release" in mute.notes
+    assert [r.outcome for r in queue.runs(mute.id)] == ["failed"] * 3
+
+
+def test_rejected_credentials_stop_the_run_without_using_attempts(db_url: str, project: Path) -> None:
+    async def unauthorised(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
+        return AgentOutcome(Ending.AUTH_ERROR, "the API rejected the credentials (401): Invalid API key")
+
+    queue = make(db_url, project)
+    summary, _ = supervise(queue, ScriptedRunner(queue, unauthorised), project)
+    assert summary.exit_code == 2
+    assert "401" in summary.stop_reason and "ANTHROPIC_API_KEY" in summary.stop_reason
+    features = queue.status_report().features
+    assert {f.status for f in features} == {"pending"}
+    assert all(f.attempts == 0 for f in features)
+    assert queue.file_locks() == []
+
+
+def test_an_outage_pauses_claims_and_the_run_resumes_by_itself(db_url: str, project: Path) -> None:
+    calls = {"n": 0}
+
+    async def flaky_api(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            return AgentOutcome(Ending.API_UNAVAILABLE, "API unavailable (529): Overloaded", api_error_status=529)
+        return await passes(task, runner)
+
+    specs = [FeatureSpec("a"), FeatureSpec("b", depends_on=("a",))]
+    queue = make(db_url, project, specs)
+    runner = ScriptedRunner(queue, flaky_api)
+    started = time.monotonic()
+    summary, _ = supervise(queue, runner, project, max_agents=1, backoff_initial_seconds=0.2)
+    assert summary.exit_code == 0
+    assert all(f.attempts == 0 for f in queue.status_report().features)
+    # Two failures back off 0.2 s then 0.4 s before the third try.
+    assert time.monotonic() - started >= 0.6
+
+
+def test_a_long_outage_gives_up_with_a_clear_cause(db_url: str, project: Path) -> None:
+    async def down(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
+        return AgentOutcome(Ending.API_UNAVAILABLE, "API unavailable (500): Internal", api_error_status=500)
+
+    queue = make(db_url, project, [FeatureSpec("a")])
+    summary, _ = supervise(
+        queue, ScriptedRunner(queue, down), project, backoff_initial_seconds=0.05, outage_limit_seconds=0.3
+    )
+    assert summary.exit_code == 1
+    assert "unavailable" in summary.stop_reason
+    assert statuses(queue) == {"a": "pending"}
+
+
+def test_writes_are_guarded_by_file_locks_between_agents(db_url: str, project: Path) -> None:
+    one_locked, two_denied, one_released = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    seen: dict[str, list] = {"one": [], "two": []}
+
+    async def contend(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
+        bounded = lambda event: asyncio.wait_for(event.wait(), 10)  # noqa: E731
+        if task.feature_name == "one":
+            seen["one"].append(await task.guard_write(str(project / "shared.py")))
+            one_locked.set()
+            await bounded(two_denied)
+            await asyncio.to_thread(runner.queue.release_file, "shared.py", task.agent_id)
+            one_released.set()
+        else:
+            await bounded(one_locked)
+            seen["two"].append(await task.guard_write("./shared.py"))
+            two_denied.set()
+            await bounded(one_released)
+            seen["two"].append(await task.guard_write("shared.py"))
+        seen[task.feature_name].append(await task.guard_write("/etc/passwd"))
+        return await passes(task, runner)
+
+    queue = make(db_url, project, [FeatureSpec("one"), FeatureSpec("two")])
+    summary, _ = supervise(queue, ScriptedRunner(queue, contend), project)
+    assert summary.exit_code == 0
+    assert [d.allowed for d in seen["one"]] == [True, False]
+    assert [d.allowed for d in seen["two"]] == [False, True, False]
+    assert "held by feature #1 (one)" in seen["two"][0].reason
+    assert "outside the project" in seen["two"][2].reason
+    assert queue.file_locks() == []
