@@ -61,13 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add(parser, COMMON_OPTIONS)
     _add(parser, RUN_OPTIONS)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="omit to run the supervisor")
     p_import = sub.add_parser("import", help="load features.json into the queue (all or nothing)")
     p_status = sub.add_parser("status", help="show every feature and its status")
     p_status.add_argument("--json", action="store_true", help="machine-readable output")
     p_retry = sub.add_parser("retry", help="put a failed feature back in the queue")
     p_retry.add_argument("feature_id", type=int, metavar="ID")
-    for p in (p_import, p_status, p_retry):
+    p_logs = sub.add_parser("logs", help="a feature's attempts and the transcript of the last one")
+    p_logs.add_argument("feature_id", type=int, metavar="ID")
+    p_logs.add_argument("--attempt", type=int, help="show this attempt's transcript instead of the last")
+    p_logs.add_argument("--raw", action="store_true", help="print the transcript's JSON lines")
+    for p in (p_import, p_status, p_retry, p_logs):
         # SUPPRESS: a flag given before the subcommand is not overwritten by the subparser's default.
         _add(p, COMMON_OPTIONS, suppress=True)
     return parser
@@ -104,6 +108,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return commands.cmd_status(settings, args.json)
     if args.command == "retry":
         return commands.cmd_retry(settings, args.feature_id)
+    if args.command == "logs":
+        return commands.cmd_logs(settings, args.feature_id, args.attempt, args.raw)
     return commands.cmd_run(settings)
 
 

@@ -114,3 +114,30 @@ def cmd_run(settings: Settings) -> int:
     if summary.stop_reason and summary.exit_code != 130:
         print(f"agent-manager: error: {summary.stop_reason}", file=sys.stderr)
     return summary.exit_code
+
+
+def cmd_logs(settings: Settings, feature_id: int, attempt: int | None, raw: bool) -> int:
+    """Print a feature's attempts and the transcript of one (the last by default)."""
+    queue = open_queue(settings, must_exist=True)
+    feature = queue.feature_context(feature_id)
+    runs = queue.runs(feature_id)
+    display.print_runs(feature, runs)
+    if not runs:
+        return 0
+    chosen = runs[-1] if attempt is None else next((r for r in runs if r.attempt == attempt), None)
+    if chosen is None:
+        raise InputError(f"feature #{feature_id} has no attempt {attempt}; it has {len(runs)}")
+    path = Path(chosen.transcript_path or "")
+    if not chosen.transcript_path or not path.exists():
+        print(f"(no transcript file for attempt {chosen.attempt})")
+        return 0
+    print(f"\ntranscript of attempt {chosen.attempt}: {path}")
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            if raw:
+                sys.stdout.write(line)
+            else:
+                text = display.transcript_line(json.loads(line))
+                if text:
+                    print(text)
+    return 0

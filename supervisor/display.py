@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from api.queue import ImportReport, StatusReport
+from typing import Any
+
+from api.queue import ImportReport, RunRecord, StatusReport
 
 STATUS_STYLE = {
     "pending": "white",
@@ -53,3 +56,54 @@ def print_import(report: ImportReport, source: Path) -> None:
         out.print(f"not updated (already claimed or finished): {', '.join(report.skipped)}")
     if report.kept:
         out.print(f"kept (in the database, not in the file): {', '.join(report.kept)}")
+
+
+def print_runs(feature: dict[str, Any], runs: list[RunRecord]) -> None:
+    out = console()
+    out.print(f"feature #{feature['id']} {feature['name']}: {feature['status']}, {feature['attempts']} failed attempt(s)")
+    if feature.get("notes"):
+        out.print(f"notes: {feature['notes']}")
+    if not runs:
+        out.print("no agent has run on it yet")
+        return
+    table = Table()
+    for column in ("attempt", "model", "outcome", "turns", "tokens in/out", "cost", "started", "error"):
+        table.add_column(column)
+    for r in runs:
+        table.add_row(
+            str(r.attempt), r.model or "-", r.outcome or "running", str(r.num_turns or 0),
+            f"{r.input_tokens or 0}/{r.output_tokens or 0}", f"${r.cost_usd or 0:.4f}",
+            f"{r.started_at:%Y-%m-%d %H:%M:%S}", (r.error or "")[:80],
+        )
+    out.print(table)
+
+
+def transcript_line(entry: dict[str, Any]) -> str:
+    """A readable line for one transcript entry, or "" for bookkeeping entries."""
+    kind, data = entry.get("type"), entry.get("data") or {}
+    if kind == "prompt":
+        return f"> prompt ({data.get('model')}):\n{data.get('prompt')}"
+    if kind == "reminder":
+        return f"> reminder {data.get('n')}: feature_release was not called"
+    if kind == "AssistantMessage":
+        parts = []
+        for block in data.get("content") or []:
+            if "text" in block and block.get("text"):
+                parts.append(f"assistant: {block['text']}")
+            elif "name" in block:
+                parts.append(f"tool call: {block['name']} {json.dumps(block.get('input'))[:300]}")
+        return "\n".join(parts)
+    if kind == "UserMessage":
+        content = data.get("content")
+        if isinstance(content, list):
+            results = [b for b in content if "tool_use_id" in b]
+            return "\n".join(
+                f"tool result{' (error)' if b.get('is_error') else ''}: {str(b.get('content'))[:300]}" for b in results
+            )
+        return ""
+    if kind == "ResultMessage":
+        return (
+            f"result: {data.get('subtype')}, {data.get('num_turns')} turns, "
+            f"${data.get('total_cost_usd') or 0:.4f}"
+        )
+    return ""
