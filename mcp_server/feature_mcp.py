@@ -1,0 +1,150 @@
+"""Feature tools: read the assignment, report a verdict, claim a batch (lead agents)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import Field
+from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
+
+from mcp_server import AppContext, tool_errors
+
+MAX_NOTES = 20_000
+MAX_BATCH = 50  # api.queue.FeatureQueue.claim_batch refuses more
+
+FeatureId = Annotated[
+    int,
+    Field(strict=True, ge=1, le=2**31 - 1, description="The feature's id, as feature_get or feature_claim_batch gave it."),
+]
+Verdict = Annotated[
+    Literal["passing", "failed", "pending"],
+    Field(description="passing: done and working; failed: you could not make it work; pending: give it back unfinished"),
+]
+Notes = Annotated[
+    str,
+    Field(
+        max_length=MAX_NOTES,
+        description="What you did, what is left, and what the next agent should know. Plain text, at most 20000 characters.",
+    ),
+]
+BatchCount = Annotated[int, Field(strict=True, ge=1, le=MAX_BATCH, description="How many features to claim, 1 to 50.")]
+
+
+class DependencyNote(TypedDict):
+    id: int
+    name: str
+    status: str
+    notes: str
+
+
+class Assignment(TypedDict):
+    id: int
+    name: str
+    description: str
+    category: str
+    steps: list[str]
+    verify: str | None
+    status: str
+    attempts: int
+    notes: str
+    dependencies: list[DependencyNote]
+
+
+class ReleaseAnswer(TypedDict):
+    success: bool
+    status: str
+    message: str
+
+
+class BatchFeature(TypedDict):
+    id: int
+    name: str
+    description: str
+    category: str
+    steps: list[str]
+
+
+def feature_get(ctx: Context[AppContext]) -> Assignment:
+    """Get the feature you are assigned to build.
+
+    Returns its id, name, description, category, acceptance steps, verify command, status,
+    attempts so far, notes left by earlier attempts, and the notes of the features it
+    depends on (read them: they say what is already built). Call this first.
+    """
+    app = ctx.request_context.lifespan_context
+    if app.identity.feature_id is None:
+        raise ToolError("no feature is assigned to this session: claim work with feature_claim_batch instead")
+    with tool_errors():
+        found = app.queue.feature_context(app.identity.feature_id)
+    return Assignment(
+        id=found["id"],
+        name=found["name"],
+        description=found["description"],
+        category=found["category"],
+        steps=list(found["steps"]),
+        verify=found["verify"],
+        status=found["status"],
+        attempts=found["attempts"],
+        notes=found["notes"] or "",
+        dependencies=[
+            DependencyNote(id=d["id"], name=d["name"], status=d["status"], notes=d["notes"] or "")
+            for d in found["dependencies"]
+        ],
+    )
+
+
+def feature_release(feature_id: FeatureId, status: Verdict, notes: Notes, ctx: Context[AppContext]) -> ReleaseAnswer:
+    """Report your verdict on a feature you hold and stop working on it.
+
+    status "passing": you built it and checked its steps. The feature's verify command, if
+    it has one, may still be run before it counts as passing. status "failed": you could
+    not make it work (it may be retried by another attempt). status "pending": give it back
+    unfinished, for example when it is blocked on something outside your control. Put what
+    you did and what remains in notes: the next agent and the dependent features read them.
+    Your file locks on the feature are released with it. You can only release your own
+    features.
+    """
+    app = ctx.request_context.lifespan_context
+    with tool_errors():
+        stored = app.queue.report(app.identity.agent_id, feature_id, status, notes)
+    if stored == "reported":
+        follow_up = {
+            "passing": "the supervisor checks it (it may run the verify command) and records the outcome",
+            "failed": "the supervisor records the failed attempt; the feature may be retried",
+            "pending": "the supervisor puts the feature back in the queue unfinished",
+        }[status]
+        message = f"recorded {status!r} for feature #{feature_id}: {follow_up}. Stop working on it now."
+    else:
+        message = f"feature #{feature_id} is now {stored}."
+        if status == "failed" and stored == "pending":
+            message += " The failed attempt was counted; it will be retried."
+    return ReleaseAnswer(success=True, status=stored, message=message)
+
+
+def feature_claim_batch(count: BatchCount, ctx: Context[AppContext]) -> list[BatchFeature]:
+    """Claim up to `count` features that are ready to build (their dependencies pass), best first.
+
+    For a lead agent without an assigned feature that works through features itself. The
+    claims are yours: they stay yours while this session runs; finish each one with
+    feature_release (passing, failed, or pending to give it back). An empty list means no
+    feature is ready right now.
+    """
+    app = ctx.request_context.lifespan_context
+    if app.identity.feature_id is not None:
+        raise ToolError(
+            f"this session is assigned feature #{app.identity.feature_id}: work on it (feature_get) "
+            "instead of claiming more"
+        )
+    with tool_errors():
+        claimed = app.queue.claim_batch(count, app.identity.agent_id)
+    if claimed:
+        app.leases.start()
+    return [
+        BatchFeature(id=c.id, name=c.name, description=c.description, category=c.category, steps=list(c.steps))
+        for c in claimed
+    ]
+
+
+TOOLS = (feature_get, feature_release, feature_claim_batch)

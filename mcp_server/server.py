@@ -1,0 +1,59 @@
+"""Builds the `agent-manager` MCP server: the typed lifespan and the tool registrations."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from mcp.server.mcpserver import MCPServer
+
+from api.database import Database
+from api.queue import FeatureQueue
+from mcp_server import AppContext, Identity, LeaseKeeper, coordination_mcp, feature_mcp
+
+SERVER_NAME = "agent-manager"
+INSTRUCTIONS = (
+    "Coordination with the other agents building this project. Call feature_get first for your "
+    "assignment; claim_file before editing a file another feature might touch, release_file when "
+    "done with it; finish with feature_release."
+)
+
+QueueFactory = Callable[[Identity], FeatureQueue]
+"""Builds the queue for an identity; a queue it returns is the caller's to close."""
+
+__all__ = ["SERVER_NAME", "AppContext", "Identity", "QueueFactory", "build_server"]
+
+
+def build_server(
+    queue_factory: QueueFactory | None = None, *, identity: Identity | None = None
+) -> MCPServer[AppContext]:
+    """The MCP server, with its tools registered; nothing is opened until a client connects.
+
+    ``identity`` defaults to ``Identity.from_env()``, read when the server starts (raises
+    InputError there when the environment is incomplete). ``queue_factory`` defaults to
+    opening ``Database(identity.database_url)`` once per server run and disposing of it on exit.
+    """
+
+    @asynccontextmanager
+    async def lifespan(_server: MCPServer[AppContext]) -> AsyncIterator[AppContext]:
+        who = identity if identity is not None else Identity.from_env()
+        if queue_factory is None:
+            db = Database(who.database_url)
+            queue = FeatureQueue(db, project_dir=who.project_dir, lease_seconds=who.lease_seconds)
+        else:
+            queue = queue_factory(who)
+        leases = LeaseKeeper(queue, who.agent_id)
+        try:
+            yield AppContext(identity=who, queue=queue, leases=leases)
+        finally:
+            await anyio.to_thread.run_sync(leases.stop)
+            if queue_factory is None:
+                queue.db.dispose()
+
+    server: MCPServer[AppContext] = MCPServer(
+        SERVER_NAME, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
+    )
+    for tool in (*feature_mcp.TOOLS, *coordination_mcp.TOOLS):
+        server.add_tool(tool)
+    return server
