@@ -91,10 +91,12 @@ class Database:
         try:
             with factory() as session, session.begin():
                 yield session
-        except sa_exc.OperationalError as exc:
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
             raise DatabaseError(f"database error on {self.display_url}: {_first_line(exc.orig or exc)}") from exc
-        except sa_exc.InterfaceError as exc:
-            raise DatabaseError(f"database error on {self.display_url}: {_first_line(exc.orig or exc)}") from exc
+        except sa_exc.DBAPIError as exc:
+            # Integrity, data and programming errors: the statement, not the connection, is at
+            # fault (a value too long for a column, a duplicate key). Callers show one line.
+            raise DatabaseError(f"database rejected a write on {self.display_url}: {_first_line(exc.orig or exc)}") from exc
 
     def run(self, work: Callable[[Session], T], *, read_only: bool = False) -> T:
         """Run ``work(session)`` in one transaction, redoing it after a PostgreSQL deadlock."""

@@ -502,23 +502,22 @@ class FeatureQueue:
         """
         if status not in (Status.PASSING.value, Status.FAILED.value, Status.PENDING.value):
             raise InputError(f"invalid status {status!r}: use passing, failed or pending")
-        row = self.db.run(
-            lambda s: s.execute(
-                select(Feature.status, Feature.owner, Feature.agent_id, Feature.lease_token).where(Feature.id == feature_id)
-            ).first(),
-            read_only=True,
-        )
-        if row is None:
-            raise NotFoundError(f"no feature with id {feature_id}")
-        if row.status == Status.CLAIMED.value and row.owner == agent_id:
-            return self.release(feature_id, agent_id, row.lease_token, status, notes).status
-        if row.status != Status.CLAIMED.value or row.agent_id != agent_id:
-            raise InputError(f"feature #{feature_id} is not assigned to you (it is {row.status})")
 
-        def work(session: Session) -> str:
+        def work(session: Session) -> tuple[str, int | None]:
+            # Check and write in one transaction, so a claim that changes hands in between
+            # cannot receive the previous agent's verdict.
+            row = session.execute(
+                select(Feature.status, Feature.owner, Feature.agent_id, Feature.lease_token).where(Feature.id == feature_id)
+            ).first()
+            if row is None:
+                raise NotFoundError(f"no feature with id {feature_id}")
+            if row.status == Status.CLAIMED.value and row.owner == agent_id:
+                return "self-claimed", row.lease_token
+            if row.status != Status.CLAIMED.value or row.agent_id != agent_id:
+                raise InputError(f"feature #{feature_id} is not assigned to you (it is {row.status})")
             run_id = session.scalar(
                 select(AgentRun.id)
-                .where(AgentRun.agent_id == agent_id, AgentRun.feature_id == feature_id)
+                .where(AgentRun.agent_id == agent_id, AgentRun.feature_id == feature_id, AgentRun.ended_at.is_(None))
                 .order_by(AgentRun.id.desc())
                 .limit(1)
             )
@@ -528,9 +527,13 @@ class FeatureQueue:
                 update(AgentRun).where(AgentRun.id == run_id).values(reported_status=status, reported_notes=notes)
             )
             _log(session, [(f"reported:{status}", feature_id, agent_id, None)])
-            return "reported"
+            return "reported", None
 
-        return self.db.run(work)
+        outcome, token = self.db.run(work)
+        if outcome == "reported":
+            return outcome
+        # A lead agent's own claim: release it directly; the token guard makes a race harmless.
+        return self.release(feature_id, agent_id, token, status, notes).status
 
     def claim_batch(self, count: int, agent_id: str) -> list[ClaimedFeature]:
         """Claims for a lead agent that works through features itself (it owns the leases)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -9,6 +10,7 @@ import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 
 from api.database import Database
+from api.errors import AgentManagerError
 from api.queue import FeatureQueue
 from mcp_server import AppContext, Identity, LeaseKeeper, coordination_mcp, feature_mcp
 
@@ -48,8 +50,15 @@ def build_server(
             yield AppContext(identity=who, queue=queue, leases=leases)
         finally:
             await anyio.to_thread.run_sync(leases.stop)
-            if queue_factory is None:
-                queue.db.dispose()
+            try:
+                if who.feature_id is None:
+                    # A lead agent that goes away gives back what it claimed itself and its
+                    # locks, so nobody waits for a lease to expire. An assigned agent's
+                    # claim and locks are its supervisor's to settle when the session ends.
+                    await anyio.to_thread.run_sync(_let_go, queue, who.agent_id)
+            finally:
+                if queue_factory is None:
+                    queue.db.dispose()
 
     server: MCPServer[AppContext] = MCPServer(
         SERVER_NAME, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
@@ -57,3 +66,11 @@ def build_server(
     for tool in (*feature_mcp.TOOLS, *coordination_mcp.TOOLS):
         server.add_tool(tool)
     return server
+
+
+def _let_go(queue: FeatureQueue, agent_id: str) -> None:
+    try:
+        queue.give_back_all(agent_id)
+        queue.release_all(agent_id)
+    except AgentManagerError as exc:  # the leases expire and the reaper frees them instead
+        print(f"agent-manager MCP server: could not release on exit: {exc.message}", file=sys.stderr)

@@ -224,8 +224,8 @@ def test_feature_claim_batch_claims_ready_features_that_feature_release_finalise
 
     run(scenario)
     statuses = {f.name: f.status for f in queue.status_report().features}
-    assert statuses["base"] == "passing"
-    assert sorted(statuses.values()) == ["claimed", "passing", "pending"]
+    # "top" was still held when the lead went away: given back, not left claimed.
+    assert statuses == {"base": "passing", "top": "pending", "side": "pending"}
 
 
 def test_feature_claim_batch_is_refused_to_an_agent_with_an_assignment(queue: FeatureQueue) -> None:
@@ -272,6 +272,38 @@ def test_batch_leases_are_renewed_while_the_server_runs_and_no_longer_after(db_u
         run(scenario)
     finally:
         db.dispose()
+
+
+def test_a_lead_agent_that_goes_away_gives_back_its_claims_and_file_locks(queue: FeatureQueue) -> None:
+    queue.import_specs([spec("one"), spec("two"), spec("three")])
+
+    async def scenario() -> None:
+        async with agent(queue, "lead-9") as client:
+            claimed = await call(client, "feature_claim_batch", count=2)
+            assert len(claimed.structured_content["result"]) == 2
+            locked = await call(client, "claim_file", file_path="src/shared.py")
+            assert locked.structured_content["success"] is True
+
+    run(scenario)
+    assert queue.file_locks() == []
+    assert queue.status_report().counts == {"pending": 3}
+    assert len(queue.claim(3, "next")) == 3  # claimable at once, not after a lease expiry
+
+
+def test_a_verdict_after_the_attempt_ended_is_refused(queue: FeatureQueue) -> None:
+    queue.import_specs([spec("login")])
+    claim = queue.claim(1, "sup")[0]
+    record = queue.start_run(claim, "sonnet")
+    queue.finish_run(record.id, outcome="timeout")
+
+    async def scenario() -> None:
+        async with agent(queue, claim.agent_id, claim.id) as client:
+            result = await call(client, "feature_release", feature_id=claim.id, status="passing", notes="late")
+        assert result.is_error
+        assert "no running attempt" in text(result)
+
+    run(scenario)
+    assert queue.runs(claim.id)[-1].reported_status is None
 
 
 # -- file locks -----------------------------------------------------------------------
