@@ -278,7 +278,8 @@ class FeatureQueue:
             if model:
                 values["last_model"] = model
             if status == Status.PASSING.value:
-                values.update(status=Status.PASSING.value, finished_at=now)
+                # attempts counts the agent sessions that counted, the passing one included.
+                values.update(status=Status.PASSING.value, finished_at=now, attempts=Feature.attempts + 1)
             elif status == Status.FAILED.value and count_attempt:
                 limit = func.coalesce(Feature.max_attempts, self.default_max_attempts)
                 values["attempts"] = Feature.attempts + 1
