@@ -41,6 +41,7 @@ BUILTIN_TOOLS = (
 )  # fmt: skip
 WRITE_TOOLS = "Write|Edit|MultiEdit|NotebookEdit"
 _INTERRUPT_GRACE_S = 5.0
+SYNTHETIC_MODEL = "<synthetic>"  # what the CLI names the model of its own error messages
 
 
 def mcp_tool_names() -> list[str]:
@@ -196,7 +197,8 @@ class ClaudeRunner:
                 if task.on_session is not None:
                     await task.on_session(session_id)
             if isinstance(message, AssistantMessage):
-                progress.model = message.model or progress.model
+                if message.model and message.model != SYNTHETIC_MODEL:
+                    progress.model = message.model
                 tools = [b.name for b in message.content if isinstance(b, ToolUseBlock)]
                 on_activity(
                     ActivityEvent(task.feature_id, "tool" if tools else "message", ", ".join(tools), progress.num_turns)
@@ -221,8 +223,9 @@ def _absorb(progress: _Progress, result: ResultMessage) -> None:
         int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
     ) or progress.input_tokens
     progress.output_tokens = int(usage.get("output_tokens") or 0) or progress.output_tokens
-    if result.model_usage:
-        progress.model = next(iter(result.model_usage))
+    served = [m for m in (result.model_usage or {}) if m != SYNTHETIC_MODEL]
+    if served:
+        progress.model = served[0]
 
 
 def _classify(progress: _Progress, result: ResultMessage) -> AgentOutcome:

@@ -136,9 +136,8 @@ def make_view() -> PlainView:
 def summary_lines(summary: RunSummary) -> list[str]:
     counts = summary.counts
     lines = ["", "summary:"]
-    lines.append(
-        "  " + ", ".join(f"{k}: {counts.get(k, 0)}" for k in ("passing", "failed", "blocked", "pending", "claimed") if counts.get(k) or k in ("passing", "failed", "blocked"))
-    )
+    shown = [k for k in ("passing", "failed", "blocked", "pending", "claimed") if counts.get(k) or k in ("passing", "failed", "blocked")]
+    lines.append("  " + ", ".join(f"{k}: {counts.get(k, 0)}" for k in shown))
     speedup = summary.agent_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
     lines.append(
         f"  wall time {summary.wall_seconds:.1f} s, agent time {summary.agent_seconds:.1f} s "
@@ -146,6 +145,8 @@ def summary_lines(summary: RunSummary) -> list[str]:
     )
     for model, cost in sorted(summary.cost_by_model.items()):
         tin, tout = summary.tokens_by_model.get(model, (0, 0))
+        if not (cost or tin or tout):
+            continue  # sessions stopped before the API answered
         lines.append(f"  {model}: ${cost:.4f}, {tin} input / {tout} output tokens")
     if summary.stop_reason:
         lines.append(f"  stopped: {summary.stop_reason}")

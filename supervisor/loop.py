@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -262,7 +263,9 @@ class Supervisor:
             self.view.activity(state, ActivityEvent(claim.id, "verify"))
             result = await run_verify(claim.verify, self.options.project_dir, self.options.policy.verify_timeout_seconds)
             if not result.passed:
-                status, notes = "failed", f"{notes}\n\n{result.summary(claim.verify)}".strip()
+                verdict = result.summary(claim.verify)
+                status, notes = "failed", f"{notes}\n\n{verdict}".strip()
+                outcome = dataclasses.replace(outcome, message=verdict)
         if status == "pending" and count is False and outcome.ending is Ending.COMPLETED:
             self._given_back[claim.id] += 1
             if self._given_back[claim.id] >= self.options.policy.max_attempts:

@@ -1,0 +1,498 @@
+"""End to end: `python agent_manager.py` as a subprocess, real `claude` CLI sessions, a scripted model.
+
+The scripted model (tests/fake_model) plays the agents: it reads its assignment with feature_get,
+writes files with the CLI's own Write tool and reports with feature_release, deciding every
+reply from the conversation so far. The supervisor, the SDK, the CLI, the stdio MCP server and
+the SQLite queue are all real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.database import Database
+from api.queue import FeatureQueue
+from tests.fake_model import FakeModelServer, Reply, Request, isolated_cli_env
+from tests.fake_model.server import _blocks, _content_text, _is_reminder
+
+REPO = Path(__file__).resolve().parent.parent
+TOOL = "mcp__agent-manager__"
+RUN_TIMEOUT_S = 240
+
+pytestmark = pytest.mark.slow
+
+# -- reading the conversation ----------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    name: str
+    input: dict[str, Any]
+    prompt_index: int  # which user prompt (task, reminder, retry) this call answers
+    result: str | None = None
+    is_error: bool = False
+
+
+@dataclass
+class Convo:
+    """What a session has done so far, read from the request's messages (so resumes see it too)."""
+
+    prompts: list[str] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+
+    @property
+    def feature(self) -> dict[str, Any] | None:
+        got = [c for c in self.calls if c.name == TOOL + "feature_get" and c.result and not c.is_error]
+        return json.loads(got[-1].result) if got else None
+
+    def current(self) -> list[Call]:
+        """Calls made since the last prompt."""
+        return [c for c in self.calls if c.prompt_index == len(self.prompts) - 1]
+
+    def succeeded(self, name: str, *, now: bool = False) -> list[Call]:
+        calls = self.current() if now else self.calls
+        return [c for c in calls if c.name == name and c.result is not None and not c.is_error]
+
+
+def read(req: Request) -> Convo:
+    convo = Convo()
+    by_id: dict[str, Call] = {}
+    for message in req.messages:
+        blocks = _blocks(message.get("content"))
+        if message.get("role") == "assistant":
+            for block in blocks:
+                if block.get("type") == "tool_use":
+                    call = Call(block["name"], block.get("input") or {}, len(convo.prompts) - 1)
+                    by_id[block["id"]] = call
+                    convo.calls.append(call)
+            continue
+        results = [b for b in blocks if b.get("type") == "tool_result"]
+        for block in results:
+            call = by_id.get(block.get("tool_use_id", ""))
+            if call is not None:
+                call.result = _content_text(block.get("content"))
+                call.is_error = bool(block.get("is_error"))
+        if not results and message.get("role") == "user":  # not the CLI's own system messages
+            text = "\n".join(b.get("text", "") for b in blocks if b.get("type") == "text" and not _is_reminder(b))
+            if text.strip():
+                convo.prompts.append(text)
+    return convo
+
+
+def get_feature() -> Reply:
+    return Reply.tool_use(TOOL + "feature_get", {})
+
+
+def write(req: Request, relative: str, content: str) -> Reply:
+    return Reply.tool_use("Write", {"file_path": os.path.join(req.working_dir(), relative), "content": content})
+
+
+def release(feature: dict[str, Any], status: str = "passing", notes: str | None = None) -> Reply:
+    notes = notes if notes is not None else f"built {feature['name']}"
+    return Reply.tool_use(TOOL + "feature_release", {"feature_id": feature["id"], "status": status, "notes": notes})
+
+
+class Agents:
+    """A brain that plays well-behaved agents: feature_get, Write NAME.txt, feature_release passing.
+
+    ``hooks[name](req, convo, feature)`` may return a reply to change what the agent of one
+    feature does; returning None falls through to the default behaviour. The brain records,
+    per feature, when its agent first saw its assignment and when its release was confirmed.
+    """
+
+    def __init__(self, hooks: dict[str, Callable[[Request, Convo, dict], Reply | None]] | None = None) -> None:
+        self.hooks = hooks or {}
+        self.lock = threading.Lock()
+        self.assigned_at: dict[str, float] = {}
+        self.released_at: dict[str, float] = {}
+        self.session_feature: dict[str, str] = {}
+        self.prompts: dict[str, list[str]] = {}  # feature -> every prompt its sessions were given
+
+    def __call__(self, req: Request) -> Reply:
+        convo = read(req)
+        feature = convo.feature
+        if feature is None:
+            return get_feature()
+        name = feature["name"]
+        with self.lock:
+            self.assigned_at.setdefault(name, time.monotonic())
+            self.session_feature[req.session_key] = name
+            if len(convo.prompts) > len(self.prompts.get(name, [])):  # resumed sessions carry the history
+                self.prompts[name] = convo.prompts
+            if convo.succeeded(TOOL + "feature_release"):
+                self.released_at.setdefault(name, time.monotonic())
+        hook = self.hooks.get(name)
+        reply = hook(req, convo, feature) if hook else None
+        if reply is not None:
+            return reply
+        if not convo.succeeded("Write"):
+            return write(req, f"{name}.txt", f"{name}\n")
+        if not convo.succeeded(TOOL + "feature_release", now=True):
+            return release(feature)
+        return Reply.text(f"{name} is done.")
+
+
+# -- running the supervisor ------------------------------------------------------------------
+
+
+class Run:
+    """A project directory, a scripted model server, and the CLI pointed at both."""
+
+    def __init__(self, tmp_path: Path, brain: Callable[[Request], Reply], features: list[dict], config: str) -> None:
+        self.project = tmp_path / "project"
+        (self.project / ".agent-manager").mkdir(parents=True)
+        (self.project / "features.json").write_text(json.dumps(features, indent=2), encoding="utf-8")
+        (self.project / ".agent-manager" / "config.toml").write_text(config, encoding="utf-8")
+        self.server = FakeModelServer(brain).start()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_MANAGER_", "ANTHROPIC_", "CLAUDE_"))}
+        # One retry inside the CLI, so API failures reach the supervisor in about a second.
+        env.update(isolated_cli_env(self.server.base_url, tmp_path / "cli", CLAUDE_CODE_MAX_RETRIES="1"))
+        self.env = env
+        self.db_url = f"sqlite:///{self.project / '.agent-manager' / 'features.db'}"
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, str(REPO / "agent_manager.py"), *args, "--project-dir", str(self.project)]
+
+    def supervise(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.command(*args), env=self.env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=REPO
+        )
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.command(*args), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+        )
+
+    def status(self) -> dict[str, Any]:
+        done = subprocess.run(
+            [*self.command("status", "--json")], env=self.env, capture_output=True, text=True, timeout=60, cwd=REPO
+        )
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        return report | {"by_name": {f["name"]: f for f in report["features"]}}
+
+    def queue(self) -> FeatureQueue:
+        return FeatureQueue(Database(self.db_url), project_dir=self.project)
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+def config(**overrides: Any) -> str:
+    """A config.toml with small limits, so failure paths finish in seconds."""
+    values = {"stall_seconds": 60, "backoff_initial_seconds": 0.5, "backoff_max_seconds": 2, **overrides}
+    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+
+
+@pytest.fixture
+def make_run(tmp_path: Path) -> Iterator[Callable[..., Run]]:
+    runs: list[Run] = []
+
+    def make(brain: Callable[[Request], Reply], features: list[dict], **overrides: Any) -> Run:
+        run = Run(tmp_path / f"run{len(runs)}", brain, features, config(**overrides))
+        runs.append(run)
+        return run
+
+    yield make
+    for run in runs:
+        run.close()
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+# -- the happy path ----------------------------------------------------------------------------
+
+APP = [
+    {"name": "schema", "category": "database", "description": "tables for todos"},
+    {"name": "styles", "category": "frontend", "description": "the stylesheet"},
+    {"name": "cli", "category": "backend", "description": "a command line client"},
+    {"name": "api", "category": "backend", "depends_on": ["schema"]},
+    {"name": "ui", "category": "frontend", "depends_on": ["api", "styles"]},
+    {"name": "api-tests", "category": "testing", "depends_on": ["api"]},
+    {"name": "guide", "category": "documentation", "depends_on": ["ui", "cli"]},
+]
+ROOTS = ("schema", "styles", "cli")
+
+
+@pytest.mark.parametrize("agents", [3, 1], ids=["max-agents-3", "parallel-1"])
+def test_agents_build_a_feature_dag_in_dependency_order(make_run: Callable[..., Run], agents: int) -> None:
+    # With three agents the three roots meet at a barrier before writing: proof that three
+    # sessions really run at once (and the supervisor never starts a fourth).
+    barrier = threading.Barrier(agents, timeout=120)
+
+    def meet(req: Request, convo: Convo, feature: dict) -> Reply | None:
+        if agents > 1 and not any(c.name == "Write" for c in convo.calls):
+            barrier.wait()
+        return None
+
+    brain = Agents({name: meet for name in ROOTS})
+    run = make_run(brain, APP)
+    flag = "--max-agents" if agents > 1 else "--parallel"
+    done = run.supervise(flag, str(agents))
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = run.status()
+    assert report["counts"] == {"passing": len(APP)}
+    assert {f["name"]: f["attempts"] for f in report["features"]} == {f["name"]: 1 for f in APP}
+    for feature in APP:  # written by the CLI's Write tool, in the project directory
+        assert (run.project / f"{feature['name']}.txt").read_text() == f"{feature['name']}\n"
+    for feature in APP:
+        for dep in feature.get("depends_on", []):
+            assert brain.released_at[dep] < brain.assigned_at[feature["name"]], (dep, feature["name"])
+    assert run.server.peak_concurrency == agents
+
+    served = {brain.session_feature[s]: set(models) for s, models in run.server.models_by_session.items()}
+    cheap = {"api-tests", "guide"}
+    assert {n for n, models in served.items() if models == {"claude-haiku-5-5"}} == cheap
+    assert {n for n, models in served.items() if models == {"claude-sonnet-5-5"}} == {f["name"] for f in APP} - cheap
+    by_name = report["by_name"]
+    assert by_name["guide"]["model"] == "claude-haiku-5-5" and by_name["api"]["model"] == "claude-sonnet-5-5"
+    assert all(f["cost_usd"] > 0 for f in report["features"])
+    assert sorted(by_name["ui"]["depends_on"]) == ["api", "styles"]
+    assert "passing: 7, failed: 0, blocked: 0" in done.stdout
+    queue = run.queue()
+    assert queue.file_locks() == []
+    # A transcript per attempt, with the stream of messages.
+    for feature in report["features"]:
+        transcript = run.project / ".agent-manager" / "logs" / f"feature-{feature['id']}-attempt-1.jsonl"
+        kinds = [json.loads(line)["type"] for line in transcript.read_text().splitlines()]
+        assert kinds[0] == "prompt" and "ResultMessage" in kinds and kinds[-1] == "end"
+
+
+def test_a_second_writer_is_denied_by_the_lock_and_finishes_after_the_first_releases(
+    make_run: Callable[..., Run],
+) -> None:
+    first_wrote = threading.Event()
+    second_denied = threading.Event()
+    denials: list[str] = []
+
+    def first(req: Request, convo: Convo, feature: dict) -> Reply | None:
+        if not convo.succeeded("Write"):
+            return write(req, "shared.txt", "from first\n")
+        first_wrote.set()
+        if not convo.succeeded(TOOL + "feature_release"):
+            assert second_denied.wait(120), "the second agent was never denied"
+            return release(feature)
+        return None
+
+    def second(req: Request, convo: Convo, feature: dict) -> Reply | None:
+        if convo.succeeded("Write"):
+            return None
+        writes = [c for c in convo.calls if c.name == "Write"]
+        if writes and writes[-1].is_error:
+            denials.append(writes[-1].result or "")
+            second_denied.set()
+            if len(writes) >= 200:
+                return release(feature, "failed", "never got the lock")
+            time.sleep(0.05)  # the retry of a model that was told to try again later
+        else:
+            assert first_wrote.wait(120), "the first agent never wrote"
+        return write(req, "shared.txt", "from second\n")
+
+    features = [{"name": "first", "category": "backend"}, {"name": "second", "category": "backend"}]
+    run = make_run(Agents({"first": first, "second": second}), features)
+    done = run.supervise("--max-agents", "2")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert run.status()["counts"] == {"passing": 2}
+    assert denials and "shared.txt is held by feature #1 (first)" in denials[0]
+    assert (run.project / "shared.txt").read_text() == "from second\n"
+    assert "waiting for a file lock" in done.stdout
+    assert run.queue().file_locks() == []
+
+
+# -- infrastructure failures ---------------------------------------------------------------------
+
+
+def test_rejected_credentials_stop_the_run_with_one_line_and_use_no_attempts(make_run: Callable[..., Run]) -> None:
+    run = make_run(Agents(), APP)
+    run.server.fail_all(401)
+    done = run.supervise("--max-agents", "3")
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    line = one_line(done.stderr)
+    assert "401" in line and "ANTHROPIC_API_KEY" in line
+    assert "<synthetic>" not in done.stdout  # the CLI's name for its own error messages is no model
+    report = run.status()
+    assert report["counts"] == {"pending": len(APP)}
+    assert all(f["attempts"] == 0 for f in report["features"])
+    assert run.queue().file_locks() == []
+
+
+def test_an_overloaded_api_pauses_the_run_which_resumes_by_itself(make_run: Callable[..., Run]) -> None:
+    run = make_run(Agents(), APP[:4])
+    run.server.fail_all(529)
+    proc = run.start("--max-agents", "3")
+    try:
+        failed = lambda: sum(r.kind == "http_error:529" for r in run.server.requests)  # noqa: E731
+        # Two waves of sessions meet the outage (each CLI tries twice) before it ends.
+        assert run.server.wait_until(lambda: failed() >= 8, timeout=120), run.server.requests
+        run.server.recover()
+        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out + err
+    assert "pausing new claims" in out and "529" in out
+    report = run.status()
+    assert report["counts"] == {"passing": 4}
+    # Only the sessions that did the work counted.
+    assert all(f["attempts"] == 1 for f in report["features"])
+
+
+# -- agent failures ------------------------------------------------------------------------------
+
+
+def test_a_failing_verify_command_fails_the_attempt_and_the_resumed_retry_sees_its_output(
+    make_run: Callable[..., Run],
+) -> None:
+    def fix_on_retry(req: Request, convo: Convo, feature: dict) -> Reply | None:
+        if len(convo.prompts) == 1:
+            return None  # the first attempt forgets proof.txt (the task prompt names the verify command)
+        if "proof.txt is missing" in convo.prompts[-1] and not convo.succeeded("Write", now=True):
+            return write(req, "proof.txt", "proof\n")
+        if not convo.succeeded(TOOL + "feature_release", now=True):
+            return release(feature, notes="added proof.txt")
+        return None
+
+    features = [
+        {"name": "checked", "category": "backend", "verify": "test -f proof.txt || { echo proof.txt is missing; exit 3; }"}
+    ]
+    brain = Agents({"checked": fix_on_retry})
+    run = make_run(brain, features)
+    done = run.supervise("--max-agents", "1")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    feature = run.status()["by_name"]["checked"]
+    assert (feature["status"], feature["attempts"]) == ("passing", 2)
+    runs = run.queue().runs(feature["id"])
+    assert [r.outcome for r in runs] == ["failed", "passing"]
+    assert "proof.txt is missing" in runs[0].error
+    prompts = brain.prompts["checked"]
+    # The retry resumed the first session: one conversation holds both prompts.
+    assert prompts[0].startswith("Implement feature #1: checked")
+    assert prompts[-1].startswith("Your previous attempt at feature #1 (checked) did not pass")
+    assert "proof.txt is missing" in prompts[-1] and "exit" in prompts[-1]
+
+
+def test_an_agent_that_never_releases_is_reminded_retried_and_failed_and_blocks_its_dependents(
+    make_run: Callable[..., Run],
+) -> None:
+    def mute(req: Request, convo: Convo, feature: dict) -> Reply | None:
+        if not convo.succeeded("Write"):
+            return write(req, "mute.txt", "half done\n")
+        return Reply.text("I think I am done.")
+
+    features = [
+        {"name": "mute", "category": "backend", "max_attempts": 2},
+        {"name": "child", "category": "backend", "depends_on": ["mute"]},
+        {"name": "grandchild", "category": "testing", "depends_on": ["child"]},
+    ]
+    brain = Agents({"mute": mute})
+    run = make_run(brain, features)
+    done = run.supervise("--max-agents", "2")
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = run.status()
+    by_name = report["by_name"]
+    assert (by_name["mute"]["status"], by_name["mute"]["attempts"]) == ("failed", 2)
+    assert "without feature_release" in by_name["mute"]["notes"]
+    assert by_name["child"]["status"] == by_name["grandchild"]["status"] == "blocked"
+    assert by_name["child"]["attempts"] == 0
+    prompts = brain.prompts["mute"]
+    reminders = [p for p in prompts if p.startswith("You ended your turn without calling")]
+    retries = [p for p in prompts if p.startswith("Your previous attempt at feature")]
+    # One conversation across both attempts (the retry resumed it): task, 2 reminders, retry, 2 reminders.
+    assert len(retries) == 1 and len(reminders) == 4 and prompts[0].startswith("Implement feature")
+    assert "blocked: 2" in done.stdout
+
+
+# -- stopping ----------------------------------------------------------------------------------------
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Processes below ``pid`` (pid -> command line), read from /proc."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: dict[int, str] = {}
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in found:
+                found[child] = commands.get(child, "")
+                frontier.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigint_gives_every_feature_back_and_leaves_no_lock_or_process(make_run: Callable[..., Run]) -> None:
+    hold = threading.Event()
+    working: set[str] = set()
+    all_working = threading.Event()
+
+    def busy(req: Request, convo: Convo, feature: dict) -> Reply | None:
+        if convo.succeeded("Write"):
+            with brain.lock:
+                working.add(feature["name"])
+                if len(working) == len(ROOTS):
+                    all_working.set()
+            hold.wait(120)  # the agent is mid-task when the supervisor is interrupted
+        return None
+
+    brain = Agents({name: busy for name in ROOTS})
+    run = make_run(brain, APP)
+    proc = run.start("--max-agents", "3")
+    try:
+        assert all_working.wait(120), "the agents never got to work"
+        sessions = descendants(proc.pid)  # the CLIs and their MCP servers
+        assert len([c for c in sessions.values() if "_bundled/claude" in c]) == 3, sessions
+        assert len(run.queue().file_locks()) == 3
+        interrupted = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - interrupted
+    finally:
+        hold.set()
+        proc.kill()
+    assert proc.returncode == 130, out + err
+    assert took < 15, took
+    report = run.status()
+    assert report["counts"] == {"pending": len(APP)}
+    assert all(f["attempts"] == 0 for f in report["features"])
+    assert run.queue().file_locks() == []
+    deadline = time.monotonic() + 10  # an exiting process may take a moment to be reaped
+    while any(alive(pid) for pid in sessions) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in sessions if alive(pid)] == []
