@@ -6,7 +6,6 @@ import os
 from logging.config import fileConfig
 
 from alembic import context
-
 from api.models import Base
 
 config = context.config

@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, event, exc as sa_exc
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -96,7 +97,9 @@ class Database:
         except sa_exc.DBAPIError as exc:
             # Integrity, data and programming errors: the statement, not the connection, is at
             # fault (a value too long for a column, a duplicate key). Callers show one line.
-            raise DatabaseError(f"database rejected a write on {self.display_url}: {_first_line(exc.orig or exc)}") from exc
+            raise DatabaseError(
+                f"database rejected a write on {self.display_url}: {_first_line(exc.orig or exc)}"
+            ) from exc
 
     def run(self, work: Callable[[Session], T], *, read_only: bool = False) -> T:
         """Run ``work(session)`` in one transaction, redoing it after a PostgreSQL deadlock."""
@@ -113,10 +116,11 @@ class Database:
 
     def migrate(self) -> None:
         """Create or upgrade the schema to the newest revision, serialised across processes."""
-        from alembic import command
         from alembic.config import Config
         from alembic.runtime.migration import MigrationContext
         from alembic.script import ScriptDirectory
+
+        from alembic import command
 
         cfg = Config()
         cfg.set_main_option("script_location", str(ALEMBIC_DIR))

@@ -63,7 +63,7 @@ def parse_features(
         if set(data) != {"features"}:
             extra = sorted(set(data) - {"features"})
             what = f"unknown top-level key(s) {', '.join(map(repr, extra))}" if extra else 'no "features" key'
-            raise FeaturesFileError(f"{source}: {what}; expected a list of features or {{\"features\": [...]}}")
+            raise FeaturesFileError(f'{source}: {what}; expected a list of features or {{"features": [...]}}')
         data = data["features"]
     if not isinstance(data, list):
         raise FeaturesFileError(f"{source}: expected a JSON list of features, got {_json_type(data)}")
@@ -113,14 +113,14 @@ def _json_type(value: Any) -> str:
 def _feature(item: Any, index: int, source: str) -> FeatureSpec:
     where = f"{source}: feature #{index}"
     if not isinstance(item, dict):
-        raise FeaturesFileError(f"{where} is {_json_type(item)}, expected an object with a \"name\"")
+        raise FeaturesFileError(f'{where} is {_json_type(item)}, expected an object with a "name"')
     name = item.get("name")
     if not isinstance(name, str) or not name.strip():
         shown = "missing" if "name" not in item else f"{_json_type(name)}" if not isinstance(name, str) else "empty"
-        raise FeaturesFileError(f"{where}: \"name\" must be a non-empty string ({shown})")
+        raise FeaturesFileError(f'{where}: "name" must be a non-empty string ({shown})')
     if name != name.strip() or _CONTROL_RE.search(name) or len(name) > MAX_NAME:
         raise FeaturesFileError(
-            f"{where} ({name[:40]!r}): \"name\" must be at most {MAX_NAME} characters with no surrounding "
+            f'{where} ({name[:40]!r}): "name" must be at most {MAX_NAME} characters with no surrounding '
             "whitespace or control characters",
             (name,),
         )
@@ -136,7 +136,7 @@ def _feature(item: Any, index: int, source: str) -> FeatureSpec:
         if value is None:
             return default
         if not isinstance(value, str):
-            raise FeaturesFileError(f"{where}: \"{key}\" must be a string, got {_json_type(value)}", (name,))
+            raise FeaturesFileError(f'{where}: "{key}" must be a string, got {_json_type(value)}', (name,))
         return value
 
     def integer(key: str, low: int, high: int) -> int | None:
@@ -144,9 +144,9 @@ def _feature(item: Any, index: int, source: str) -> FeatureSpec:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
-            raise FeaturesFileError(f"{where}: \"{key}\" must be an integer, got {_json_type(value)}", (name,))
+            raise FeaturesFileError(f'{where}: "{key}" must be an integer, got {_json_type(value)}', (name,))
         if not low <= value <= high:
-            raise FeaturesFileError(f"{where}: \"{key}\" must be between {low} and {high}, got {value}", (name,))
+            raise FeaturesFileError(f'{where}: "{key}" must be between {low} and {high}, got {value}', (name,))
         return value
 
     def strings(key: str) -> tuple[str, ...]:
@@ -154,18 +154,18 @@ def _feature(item: Any, index: int, source: str) -> FeatureSpec:
         if value is None:
             return ()
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise FeaturesFileError(f"{where}: \"{key}\" must be a list of strings", (name,))
+            raise FeaturesFileError(f'{where}: "{key}" must be a list of strings', (name,))
         return tuple(value)
 
     model = string("model", None)
     if model is not None and not MODEL_RE.match(model):
         raise FeaturesFileError(
-            f"{where}: \"model\" must be haiku, sonnet, opus or a full model id like claude-sonnet-4-5, got {model!r}",
+            f'{where}: "model" must be haiku, sonnet, opus or a full model id like claude-sonnet-4-5, got {model!r}',
             (name,),
         )
     verify = string("verify", None)
     if verify is not None and not verify.strip():
-        raise FeaturesFileError(f"{where}: \"verify\" is an empty command; remove it or give a command", (name,))
+        raise FeaturesFileError(f'{where}: "verify" is an empty command; remove it or give a command', (name,))
     depends_on = tuple(dict.fromkeys(strings("depends_on")))  # repeated names collapse, order kept
     return FeatureSpec(
         name=name,

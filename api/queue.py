@@ -216,21 +216,28 @@ class FeatureQueue:
             if not ids:
                 return []
             new_token = Feature.lease_token + 1
-            rows = session.execute(
-                update(Feature)
-                .where(Feature.id.in_(ids), Feature.status == Status.PENDING.value)
-                .values(
-                    status=Status.CLAIMED.value,
-                    owner=owner,
-                    agent_id=literal(owner + "/") + cast(Feature.id, String) + literal("/") + cast(new_token, String),
-                    lease_token=new_token,
-                    lease_expires_at=expires,
-                    claimed_at=now,
-                    updated_at=now,
+            rows = (
+                session.execute(
+                    update(Feature)
+                    .where(Feature.id.in_(ids), Feature.status == Status.PENDING.value)
+                    .values(
+                        status=Status.CLAIMED.value,
+                        owner=owner,
+                        agent_id=literal(owner + "/")
+                        + cast(Feature.id, String)
+                        + literal("/")
+                        + cast(new_token, String),
+                        lease_token=new_token,
+                        lease_expires_at=expires,
+                        claimed_at=now,
+                        updated_at=now,
+                    )
+                    .returning(Feature)
+                    .execution_options(synchronize_session=False)
                 )
-                .returning(Feature)
-                .execution_options(synchronize_session=False)
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
             claimed = sorted((_claimed(row) for row in rows), key=lambda c: ids.index(c.id))
             _log(session, [("claimed", c.id, owner, {"token": c.lease_token}) for c in claimed])
             return claimed
@@ -283,7 +290,9 @@ class FeatureQueue:
             elif status == Status.FAILED.value and count_attempt:
                 limit = func.coalesce(Feature.max_attempts, self.default_max_attempts)
                 values["attempts"] = Feature.attempts + 1
-                values["status"] = case((Feature.attempts + 1 >= limit, Status.FAILED.value), else_=Status.PENDING.value)
+                values["status"] = case(
+                    (Feature.attempts + 1 >= limit, Status.FAILED.value), else_=Status.PENDING.value
+                )
                 values["finished_at"] = now
             else:
                 values["status"] = Status.PENDING.value
@@ -390,7 +399,9 @@ class FeatureQueue:
             if row is None:
                 raise NotFoundError(f"no feature with id {feature_id}; see `status` for ids")
             if row.status != Status.FAILED.value:
-                raise InputError(f"feature #{feature_id} ({row.name}) is {row.status}; only failed features can be retried")
+                raise InputError(
+                    f"feature #{feature_id} ({row.name}) is {row.status}; only failed features can be retried"
+                )
             row.status = Status.PENDING.value
             row.attempts = 0
             row.finished_at = None
@@ -432,8 +443,17 @@ class FeatureQueue:
 
     def finish_run(self, run_id: int, **fields: Any) -> None:
         """Store the end of an attempt: outcome, session_id, num_turns, tokens, cost_usd, error, model..."""
-        allowed = {"outcome", "session_id", "num_turns", "input_tokens", "output_tokens", "cost_usd", "error",
-                   "model", "transcript_path"}
+        allowed = {
+            "outcome",
+            "session_id",
+            "num_turns",
+            "input_tokens",
+            "output_tokens",
+            "cost_usd",
+            "error",
+            "model",
+            "transcript_path",
+        }
         unknown = set(fields) - allowed
         if unknown:
             raise TypeError(f"unknown run fields {sorted(unknown)}")
@@ -508,7 +528,9 @@ class FeatureQueue:
             # Check and write in one transaction, so a claim that changes hands in between
             # cannot receive the previous agent's verdict.
             row = session.execute(
-                select(Feature.status, Feature.owner, Feature.agent_id, Feature.lease_token).where(Feature.id == feature_id)
+                select(Feature.status, Feature.owner, Feature.agent_id, Feature.lease_token).where(
+                    Feature.id == feature_id
+                )
             ).first()
             if row is None:
                 raise NotFoundError(f"no feature with id {feature_id}")
@@ -741,9 +763,11 @@ def _import(session: Session, specs: list[FeatureSpec], is_sqlite: bool) -> Impo
             added.append(spec)
             rewire.append(spec)
             continue
-        changed = any(getattr(row, f) != getattr(spec, f) for f in _SPEC_FIELDS) or list(row.steps or []) != list(
-            spec.steps
-        ) or set(old_edges.get(spec.name, ())) != set(spec.depends_on)
+        changed = (
+            any(getattr(row, f) != getattr(spec, f) for f in _SPEC_FIELDS)
+            or list(row.steps or []) != list(spec.steps)
+            or set(old_edges.get(spec.name, ())) != set(spec.depends_on)
+        )
         if not changed:
             unchanged.append(spec.name)
         elif row.status != Status.PENDING.value:
@@ -830,7 +854,14 @@ def _import(session: Session, specs: list[FeatureSpec], is_sqlite: bool) -> Impo
     )
     _log(
         session,
-        [("import", None, None, {k: len(getattr(report, k)) for k in ("added", "updated", "unchanged", "skipped", "kept")})],
+        [
+            (
+                "import",
+                None,
+                None,
+                {k: len(getattr(report, k)) for k in ("added", "updated", "unchanged", "skipped", "kept")},
+            )
+        ],
     )
     return report
 

@@ -56,7 +56,9 @@ class Identity:
         normalise_url(url)  # a malformed URL is a start-up error, not a failure of every tool call
         project = env.get(ENV_PROJECT_DIR, "").strip()
         if not project:
-            raise InputError(f"{ENV_PROJECT_DIR} is not set: give the project directory (file locks are relative to it)")
+            raise InputError(
+                f"{ENV_PROJECT_DIR} is not set: give the project directory (file locks are relative to it)"
+            )
         project_dir = Path(project).resolve()
         if not project_dir.is_dir():
             raise InputError(f"{ENV_PROJECT_DIR}={project!r} is not a directory")

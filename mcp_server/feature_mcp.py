@@ -16,17 +16,23 @@ MAX_BATCH = 50  # api.queue.FeatureQueue.claim_batch refuses more
 
 FeatureId = Annotated[
     int,
-    Field(strict=True, ge=1, le=2**31 - 1, description="The feature's id, as feature_get or feature_claim_batch gave it."),
+    Field(
+        strict=True, ge=1, le=2**31 - 1, description="The feature's id, as feature_get or feature_claim_batch gave it."
+    ),
 ]
 Verdict = Annotated[
     Literal["passing", "failed", "pending"],
-    Field(description="passing: done and working; failed: you could not make it work; pending: give it back unfinished"),
+    Field(
+        description="passing: done and working; failed: you could not make it work; pending: give it back unfinished"
+    ),
 ]
 Notes = Annotated[
     str,
     Field(
         max_length=MAX_NOTES,
-        description="What you did, what is left, and what the next agent should know. Plain text, at most 20000 characters.",
+        description=(
+            "What you did, what is left, and what the next agent should know. Plain text, at most 20000 characters."
+        ),
     ),
 ]
 BatchCount = Annotated[int, Field(strict=True, ge=1, le=MAX_BATCH, description="How many features to claim, 1 to 50.")]

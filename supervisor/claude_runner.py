@@ -19,10 +19,10 @@ from claude_agent_sdk import (
     CLINotFoundError,
     HookMatcher,
     ProcessError,
+    ResultError,
     ResultMessage,
     ToolUseBlock,
 )
-from claude_agent_sdk import ResultError
 
 from supervisor.prompts import REMINDER, SYSTEM_APPEND
 from supervisor.runner import ActivityEvent, AgentOutcome, AgentTask, Ending
@@ -100,7 +100,12 @@ class ClaudeRunner:
             allowed_tools=[*BUILTIN_TOOLS, *mcp_tool_names()],
             system_prompt={"type": "preset", "preset": "claude_code", "append": SYSTEM_APPEND},
             mcp_servers={
-                MCP_SERVER_NAME: {"type": "stdio", "command": sys.executable, "args": ["-m", "mcp_server"], "env": mcp_env}
+                MCP_SERVER_NAME: {
+                    "type": "stdio",
+                    "command": sys.executable,
+                    "args": ["-m", "mcp_server"],
+                    "env": mcp_env,
+                }
             },
             max_turns=task.max_turns,
             max_budget_usd=task.max_budget_usd,
@@ -219,9 +224,10 @@ def _absorb(progress: _Progress, result: ResultMessage) -> None:
     progress.num_turns = result.num_turns or progress.num_turns
     progress.cost_usd = result.total_cost_usd or progress.cost_usd
     usage = result.usage or {}
-    progress.input_tokens = sum(
-        int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    ) or progress.input_tokens
+    progress.input_tokens = (
+        sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+        or progress.input_tokens
+    )
     progress.output_tokens = int(usage.get("output_tokens") or 0) or progress.output_tokens
     served = [m for m in (result.model_usage or {}) if m != SYNTHETIC_MODEL]
     if served:
@@ -245,7 +251,9 @@ def _classify_fields(progress, subtype, status, reason, text, errors) -> AgentOu
     if status in (401, 403):
         return _outcome(progress, Ending.AUTH_ERROR, f"the API rejected the credentials ({status}): {detail}", status)
     if status is not None and (status == 429 or status >= 500) or reason == "api_error":
-        return _outcome(progress, Ending.API_UNAVAILABLE, f"API unavailable ({status or 'connection'}): {detail}", status)
+        return _outcome(
+            progress, Ending.API_UNAVAILABLE, f"API unavailable ({status or 'connection'}): {detail}", status
+        )
     if subtype == "error_max_turns":
         return _outcome(progress, Ending.AGENT_ERROR, f"reached the turn limit ({progress.num_turns} turns)")
     if subtype == "error_max_budget_usd":

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-
-from typing import Any
 
 from api.queue import ImportReport, RunRecord, StatusReport
 
@@ -34,13 +33,25 @@ def print_status(report: StatusReport) -> None:
         out.print("no features yet: run `agent-manager import --project-dir DIR`")
         return
     table = Table(show_lines=False)
-    for column, justify in (("id", "right"), ("name", "left"), ("category", "left"), ("status", "left"),
-                            ("attempts", "right"), ("model", "left"), ("cost", "right")):
+    for column, justify in (
+        ("id", "right"),
+        ("name", "left"),
+        ("category", "left"),
+        ("status", "left"),
+        ("attempts", "right"),
+        ("model", "left"),
+        ("cost", "right"),
+    ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for f in report.features:
         table.add_row(
-            str(f.id), f.name, f.category or "-", f"[{STATUS_STYLE.get(f.status, 'white')}]{f.status}[/]",
-            str(f.attempts), f.model or "-", f"${f.cost_usd:.4f}",
+            str(f.id),
+            f.name,
+            f.category or "-",
+            f"[{STATUS_STYLE.get(f.status, 'white')}]{f.status}[/]",
+            str(f.attempts),
+            f.model or "-",
+            f"${f.cost_usd:.4f}",
         )
     out.print(table)
     out.print("  ".join(f"{status}: {n}" for status, n in sorted(report.counts.items())))
@@ -60,7 +71,9 @@ def print_import(report: ImportReport, source: Path) -> None:
 
 def print_runs(feature: dict[str, Any], runs: list[RunRecord]) -> None:
     out = console()
-    out.print(f"feature #{feature['id']} {feature['name']}: {feature['status']}, {feature['attempts']} failed attempt(s)")
+    out.print(
+        f"feature #{feature['id']} {feature['name']}: {feature['status']}, {feature['attempts']} failed attempt(s)"
+    )
     if feature.get("notes"):
         out.print(f"notes: {feature['notes']}")
     if not runs:
@@ -71,9 +84,14 @@ def print_runs(feature: dict[str, Any], runs: list[RunRecord]) -> None:
         table.add_column(column)
     for r in runs:
         table.add_row(
-            str(r.attempt), r.model or "-", r.outcome or "running", str(r.num_turns or 0),
-            f"{r.input_tokens or 0}/{r.output_tokens or 0}", f"${r.cost_usd or 0:.4f}",
-            f"{r.started_at:%Y-%m-%d %H:%M:%S}", (r.error or "")[:80],
+            str(r.attempt),
+            r.model or "-",
+            r.outcome or "running",
+            str(r.num_turns or 0),
+            f"{r.input_tokens or 0}/{r.output_tokens or 0}",
+            f"${r.cost_usd or 0:.4f}",
+            f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+            (r.error or "")[:80],
         )
     out.print(table)
 
@@ -102,8 +120,5 @@ def transcript_line(entry: dict[str, Any]) -> str:
             )
         return ""
     if kind == "ResultMessage":
-        return (
-            f"result: {data.get('subtype')}, {data.get('num_turns')} turns, "
-            f"${data.get('total_cost_usd') or 0:.4f}"
-        )
+        return f"result: {data.get('subtype')}, {data.get('num_turns')} turns, ${data.get('total_cost_usd') or 0:.4f}"
     return ""

@@ -42,7 +42,9 @@ class PlainView:
 
     def activity(self, state: AgentState, event: ActivityEvent) -> None:
         if event.kind in ("waiting_lock", "rate_limit", "verify"):
-            self._line(f"#{state.claim.id} {state.claim.name}: {state.doing}{': ' + event.detail if event.detail else ''}")
+            self._line(
+                f"#{state.claim.id} {state.claim.name}: {state.doing}{': ' + event.detail if event.detail else ''}"
+            )
 
     def finished(self, state: AgentState, status: str, notes: str) -> None:
         c = state.claim
@@ -136,7 +138,11 @@ def make_view() -> PlainView:
 def summary_lines(summary: RunSummary) -> list[str]:
     counts = summary.counts
     lines = ["", "summary:"]
-    shown = [k for k in ("passing", "failed", "blocked", "pending", "claimed") if counts.get(k) or k in ("passing", "failed", "blocked")]
+    shown = [
+        k
+        for k in ("passing", "failed", "blocked", "pending", "claimed")
+        if counts.get(k) or k in ("passing", "failed", "blocked")
+    ]
     lines.append("  " + ", ".join(f"{k}: {counts.get(k, 0)}" for k in shown))
     speedup = summary.agent_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
     lines.append(

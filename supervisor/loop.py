@@ -261,7 +261,9 @@ class Supervisor:
         if status == "passing" and claim.verify:
             state.doing = "verifying"
             self.view.activity(state, ActivityEvent(claim.id, "verify"))
-            result = await run_verify(claim.verify, self.options.project_dir, self.options.policy.verify_timeout_seconds)
+            result = await run_verify(
+                claim.verify, self.options.project_dir, self.options.policy.verify_timeout_seconds
+            )
             if not result.passed:
                 verdict = result.summary(claim.verify)
                 status, notes = "failed", f"{notes}\n\n{verdict}".strip()
@@ -335,7 +337,9 @@ class Supervisor:
             now = time.monotonic()
             self._outage_since = self._outage_since or now
             if now - self._outage_since >= policy.outage_limit_seconds:
-                self._fail(f"gave up after the API was unavailable for {now - self._outage_since:.0f} s: {outcome.message}", 1)
+                self._fail(
+                    f"gave up after the API was unavailable for {now - self._outage_since:.0f} s: {outcome.message}", 1
+                )
                 return
             delay = min(policy.backoff_max_seconds, policy.backoff_initial_seconds * 2**self._outage_failures)
             self._outage_failures += 1
@@ -363,7 +367,13 @@ class Supervisor:
     def _scheduler(self) -> AsyncIOScheduler:
         scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
         every = self.options.lease_seconds / 3
-        common = {"trigger": "interval", "seconds": every, "coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        common = {
+            "trigger": "interval",
+            "seconds": every,
+            "coalesce": True,
+            "max_instances": 1,
+            "misfire_grace_time": None,
+        }
         scheduler.add_job(self._heartbeat, id="heartbeat", **common)
         scheduler.add_job(self._reap, id="reaper", **common)
         scheduler.start()

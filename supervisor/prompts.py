@@ -35,7 +35,10 @@ def task_prompt(feature: dict[str, Any], feedback: str | None = None) -> str:
     if feature.get("steps"):
         lines += ["", "Acceptance steps:", *(f"- {step}" for step in feature["steps"])]
     if feature.get("verify"):
-        lines += ["", f"After you report passing, this command must exit 0 in the working directory: {feature['verify']}"]
+        lines += [
+            "",
+            f"After you report passing, this command must exit 0 in the working directory: {feature['verify']}",
+        ]
     done = [d for d in feature.get("dependencies", []) if d.get("notes")]
     if done:
         lines += ["", "Notes from the features this one builds on:"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import make_run  # noqa: F401 - a fixture for the end-to-end tests
 from tests.pg import PostgresServer, find_pg_bin
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -9,205 +9,18 @@ the SQLite queue are all real.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
-from api.database import Database
-from api.queue import FeatureQueue
-from tests.fake_model import FakeModelServer, Reply, Request, isolated_cli_env
-from tests.fake_model.server import _blocks, _content_text, _is_reminder
-
-REPO = Path(__file__).resolve().parent.parent
-TOOL = "mcp__agent-manager__"
-RUN_TIMEOUT_S = 240
+from tests.fake_model import Reply, Request
+from tests.fake_model.agents import TOOL, Agents, Convo, release, write
+from tests.harness import RUN_TIMEOUT_S, Run, alive, descendants
 
 pytestmark = pytest.mark.slow
-
-# -- reading the conversation ----------------------------------------------------------------
-
-
-@dataclass
-class Call:
-    name: str
-    input: dict[str, Any]
-    prompt_index: int  # which user prompt (task, reminder, retry) this call answers
-    result: str | None = None
-    is_error: bool = False
-
-
-@dataclass
-class Convo:
-    """What a session has done so far, read from the request's messages (so resumes see it too)."""
-
-    prompts: list[str] = field(default_factory=list)
-    calls: list[Call] = field(default_factory=list)
-
-    @property
-    def feature(self) -> dict[str, Any] | None:
-        got = [c for c in self.calls if c.name == TOOL + "feature_get" and c.result and not c.is_error]
-        return json.loads(got[-1].result) if got else None
-
-    def current(self) -> list[Call]:
-        """Calls made since the last prompt."""
-        return [c for c in self.calls if c.prompt_index == len(self.prompts) - 1]
-
-    def succeeded(self, name: str, *, now: bool = False) -> list[Call]:
-        calls = self.current() if now else self.calls
-        return [c for c in calls if c.name == name and c.result is not None and not c.is_error]
-
-
-def read(req: Request) -> Convo:
-    convo = Convo()
-    by_id: dict[str, Call] = {}
-    for message in req.messages:
-        blocks = _blocks(message.get("content"))
-        if message.get("role") == "assistant":
-            for block in blocks:
-                if block.get("type") == "tool_use":
-                    call = Call(block["name"], block.get("input") or {}, len(convo.prompts) - 1)
-                    by_id[block["id"]] = call
-                    convo.calls.append(call)
-            continue
-        results = [b for b in blocks if b.get("type") == "tool_result"]
-        for block in results:
-            call = by_id.get(block.get("tool_use_id", ""))
-            if call is not None:
-                call.result = _content_text(block.get("content"))
-                call.is_error = bool(block.get("is_error"))
-        if not results and message.get("role") == "user":  # not the CLI's own system messages
-            text = "\n".join(b.get("text", "") for b in blocks if b.get("type") == "text" and not _is_reminder(b))
-            if text.strip():
-                convo.prompts.append(text)
-    return convo
-
-
-def get_feature() -> Reply:
-    return Reply.tool_use(TOOL + "feature_get", {})
-
-
-def write(req: Request, relative: str, content: str) -> Reply:
-    return Reply.tool_use("Write", {"file_path": os.path.join(req.working_dir(), relative), "content": content})
-
-
-def release(feature: dict[str, Any], status: str = "passing", notes: str | None = None) -> Reply:
-    notes = notes if notes is not None else f"built {feature['name']}"
-    return Reply.tool_use(TOOL + "feature_release", {"feature_id": feature["id"], "status": status, "notes": notes})
-
-
-class Agents:
-    """A brain that plays well-behaved agents: feature_get, Write NAME.txt, feature_release passing.
-
-    ``hooks[name](req, convo, feature)`` may return a reply to change what the agent of one
-    feature does; returning None falls through to the default behaviour. The brain records,
-    per feature, when its agent first saw its assignment and when its release was confirmed.
-    """
-
-    def __init__(self, hooks: dict[str, Callable[[Request, Convo, dict], Reply | None]] | None = None) -> None:
-        self.hooks = hooks or {}
-        self.lock = threading.Lock()
-        self.assigned_at: dict[str, float] = {}
-        self.released_at: dict[str, float] = {}
-        self.session_feature: dict[str, str] = {}
-        self.prompts: dict[str, list[str]] = {}  # feature -> every prompt its sessions were given
-
-    def __call__(self, req: Request) -> Reply:
-        convo = read(req)
-        feature = convo.feature
-        if feature is None:
-            return get_feature()
-        name = feature["name"]
-        with self.lock:
-            self.assigned_at.setdefault(name, time.monotonic())
-            self.session_feature[req.session_key] = name
-            if len(convo.prompts) > len(self.prompts.get(name, [])):  # resumed sessions carry the history
-                self.prompts[name] = convo.prompts
-            if convo.succeeded(TOOL + "feature_release"):
-                self.released_at.setdefault(name, time.monotonic())
-        hook = self.hooks.get(name)
-        reply = hook(req, convo, feature) if hook else None
-        if reply is not None:
-            return reply
-        if not convo.succeeded("Write"):
-            return write(req, f"{name}.txt", f"{name}\n")
-        if not convo.succeeded(TOOL + "feature_release", now=True):
-            return release(feature)
-        return Reply.text(f"{name} is done.")
-
-
-# -- running the supervisor ------------------------------------------------------------------
-
-
-class Run:
-    """A project directory, a scripted model server, and the CLI pointed at both."""
-
-    def __init__(self, tmp_path: Path, brain: Callable[[Request], Reply], features: list[dict], config: str) -> None:
-        self.project = tmp_path / "project"
-        (self.project / ".agent-manager").mkdir(parents=True)
-        (self.project / "features.json").write_text(json.dumps(features, indent=2), encoding="utf-8")
-        (self.project / ".agent-manager" / "config.toml").write_text(config, encoding="utf-8")
-        self.server = FakeModelServer(brain).start()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_MANAGER_", "ANTHROPIC_", "CLAUDE_"))}
-        # One retry inside the CLI, so API failures reach the supervisor in about a second.
-        env.update(isolated_cli_env(self.server.base_url, tmp_path / "cli", CLAUDE_CODE_MAX_RETRIES="1"))
-        self.env = env
-        self.db_url = f"sqlite:///{self.project / '.agent-manager' / 'features.db'}"
-
-    def command(self, *args: str) -> list[str]:
-        return [sys.executable, str(REPO / "agent_manager.py"), *args, "--project-dir", str(self.project)]
-
-    def supervise(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.command(*args), env=self.env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=REPO
-        )
-
-    def start(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            self.command(*args), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
-        )
-
-    def status(self) -> dict[str, Any]:
-        done = subprocess.run(
-            [*self.command("status", "--json")], env=self.env, capture_output=True, text=True, timeout=60, cwd=REPO
-        )
-        assert done.returncode == 0, done.stderr
-        report = json.loads(done.stdout)
-        return report | {"by_name": {f["name"]: f for f in report["features"]}}
-
-    def queue(self) -> FeatureQueue:
-        return FeatureQueue(Database(self.db_url), project_dir=self.project)
-
-    def close(self) -> None:
-        self.server.stop()
-
-
-def config(**overrides: Any) -> str:
-    """A config.toml with small limits, so failure paths finish in seconds."""
-    values = {"stall_seconds": 60, "backoff_initial_seconds": 0.5, "backoff_max_seconds": 2, **overrides}
-    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
-
-
-@pytest.fixture
-def make_run(tmp_path: Path) -> Iterator[Callable[..., Run]]:
-    runs: list[Run] = []
-
-    def make(brain: Callable[[Request], Reply], features: list[dict], **overrides: Any) -> Run:
-        run = Run(tmp_path / f"run{len(runs)}", brain, features, config(**overrides))
-        runs.append(run)
-        return run
-
-    yield make
-    for run in runs:
-        run.close()
 
 
 def one_line(stderr: str) -> str:
@@ -371,7 +184,11 @@ def test_a_failing_verify_command_fails_the_attempt_and_the_resumed_retry_sees_i
         return None
 
     features = [
-        {"name": "checked", "category": "backend", "verify": "test -f proof.txt || { echo proof.txt is missing; exit 3; }"}
+        {
+            "name": "checked",
+            "category": "backend",
+            "verify": "test -f proof.txt || { echo proof.txt is missing; exit 3; }",
+        }
     ]
     brain = Agents({"checked": fix_on_retry})
     run = make_run(brain, features)
@@ -423,38 +240,6 @@ def test_an_agent_that_never_releases_is_reminded_retried_and_failed_and_blocks_
 
 
 # -- stopping ----------------------------------------------------------------------------------------
-
-
-def descendants(pid: int) -> dict[int, str]:
-    """Processes below ``pid`` (pid -> command line), read from /proc."""
-    parents: dict[int, int] = {}
-    commands: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found: dict[int, str] = {}
-    frontier = [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, ppid in parents.items():
-            if ppid == parent and child not in found:
-                found[child] = commands.get(child, "")
-                frontier.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_sigint_gives_every_feature_back_and_leaves_no_lock_or_process(make_run: Callable[..., Run]) -> None:

@@ -151,13 +151,25 @@ def test_invalid_release_status_is_refused(queue: FeatureQueue) -> None:
 
 def test_blocked_is_every_unfinished_descendant_of_a_failure(queue: FeatureQueue) -> None:
     queue.import_specs(
-        [spec("root", max_attempts=1), spec("mid", "root"), spec("leaf", "mid"), spec("other"), spec("join", "other", "mid")]
+        [
+            spec("root", max_attempts=1),
+            spec("mid", "root"),
+            spec("leaf", "mid"),
+            spec("other"),
+            spec("join", "other", "mid"),
+        ]
     )
     (root, other) = sorted(queue.claim(2, "sup"), key=lambda c: c.name, reverse=True)
     queue.release(root.id, "sup", root.lease_token, "failed")
     queue.release(other.id, "sup", other.lease_token, "passing")
     report = queue.status_report()
-    assert status_of(queue) == {"root": "failed", "mid": "blocked", "leaf": "blocked", "other": "passing", "join": "blocked"}
+    assert status_of(queue) == {
+        "root": "failed",
+        "mid": "blocked",
+        "leaf": "blocked",
+        "other": "passing",
+        "join": "blocked",
+    }
     assert report.counts == {"failed": 1, "blocked": 3, "passing": 1}
 
 
@@ -200,7 +212,9 @@ def test_reap_expired_returns_dead_owners_work_to_pending(queue: FeatureQueue) -
     queue.claim_file("src/a.py", a.agent_id, a.id)
     queue.claim_file("src/b.py", b.agent_id, b.id)
     # Only a's lease runs out: the reaper must leave b alone.
-    queue.db.run(lambda s: s.execute(update(Feature).where(Feature.id == a.id).values(lease_expires_at=Feature.created_at)))
+    queue.db.run(
+        lambda s: s.execute(update(Feature).where(Feature.id == a.id).values(lease_expires_at=Feature.created_at))
+    )
     assert queue.reap_expired() == [a.id]
     assert status_of(queue) == {"a": "pending", "b": "claimed"}
     assert [path for path, _, _ in queue.file_locks()] == ["src/b.py"]

@@ -82,7 +82,9 @@ def _naive_claim(db: Database, k: int, owner: str) -> list[tuple[int, None]]:
     time.sleep(0.001)  # stands in for the application deciding what to do with the rows
     with db.engine.begin() as conn:
         for fid in ids:
-            conn.execute(text("UPDATE features SET status = 'claimed', owner = :o WHERE id = :i"), {"o": owner, "i": fid})
+            conn.execute(
+                text("UPDATE features SET status = 'claimed', owner = :o WHERE id = :i"), {"o": owner, "i": fid}
+            )
     return [(fid, None) for fid in ids]
 
 
@@ -273,7 +275,7 @@ def test_concurrent_workers_claim_every_feature_exactly_once_and_only_after_its_
     assert {fid: len(v) for fid, v in passed_at.items()} == {fid: 1 for fid in ids.values()}
     early = []
     for feature in report.features:
-        (claimed_event, owner), = claim_events[feature.id]
+        ((claimed_event, owner),) = claim_events[feature.id]
         assert owner == claimed_by[feature.id]
         for dep in feature.depends_on:
             if passed_at[ids[dep]][0] > claimed_event:

@@ -54,7 +54,9 @@ class ScriptedRunner:
 async def passes(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
     await asyncio.sleep(0.05)  # stands in for the agent's work; ordering is checked from timestamps
     await runner.report(task, "passing", f"built {task.feature_name}")
-    return AgentOutcome(Ending.COMPLETED, session_id=f"s-{task.feature_id}", num_turns=3, cost_usd=0.01, model=task.model)
+    return AgentOutcome(
+        Ending.COMPLETED, session_id=f"s-{task.feature_id}", num_turns=3, cost_usd=0.01, model=task.model
+    )
 
 
 DAG = [

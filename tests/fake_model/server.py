@@ -71,9 +71,7 @@ class Reply:
         return cls([text_block(text)], usage=usage)
 
     @classmethod
-    def tool_use(
-        cls, name: str, input: dict[str, Any], text: str | None = None, usage: Usage | None = None
-    ) -> Reply:
+    def tool_use(cls, name: str, input: dict[str, Any], text: str | None = None, usage: Usage | None = None) -> Reply:
         blocks = [text_block(text)] if text else []
         return cls(blocks + [tool_use_block(name, input)], usage=usage)
 
