@@ -266,7 +266,7 @@ class Supervisor:
             )
             if not result.passed:
                 verdict = result.summary(claim.verify)
-                status, notes = "failed", f"{notes}\n\n{verdict}".strip()
+                status, notes = "failed", f"{verdict}\n\nThe agent's notes: {notes}" if notes else verdict
                 outcome = dataclasses.replace(outcome, message=verdict)
         if status == "pending" and count is False and outcome.ending is Ending.COMPLETED:
             self._given_back[claim.id] += 1
@@ -293,7 +293,12 @@ class Supervisor:
         )
         await asyncio.to_thread(self.queue.release_all, claim.agent_id)
         self._after_infrastructure(outcome)
-        self.view.finished(state, final or status, notes)
+        shown = final or status
+        if status == "failed" and final == "pending":
+            shown = "failed attempt, will retry"
+        elif status == "pending" and not count:
+            shown = "given back"
+        self.view.finished(state, shown, notes)
 
     def _judge(self, outcome: AgentOutcome, record: RunRecord) -> tuple[str, str, bool]:
         """(status to release with, notes, whether it uses an attempt)."""

@@ -89,15 +89,23 @@ def release(feature: dict[str, Any], status: str = "passing", notes: str | None 
 
 
 class Agents:
-    """A brain that plays well-behaved agents: feature_get, Write NAME.txt, feature_release passing.
+    """A brain that plays well-behaved agents: feature_get, Write a file, feature_release passing.
 
     ``hooks[name](req, convo, feature)`` may return a reply to change what the agent of one
     feature does; returning None falls through to the default behaviour. The brain records,
     per feature, when its agent first saw its assignment and when its release was confirmed.
     """
 
-    def __init__(self, hooks: dict[str, Callable[[Request, Convo, dict], Reply | None]] | None = None) -> None:
+    def __init__(
+        self,
+        hooks: dict[str, Callable[[Request, Convo, dict], Reply | None]] | None = None,
+        *,
+        think_seconds: float = 0.0,
+        file_for: Callable[[dict], tuple[str, str]] | None = None,
+    ) -> None:
         self.hooks = hooks or {}
+        self.think_seconds = think_seconds  # the demo slows down so that the live view has something to show
+        self.file_for = file_for or (lambda feature: (f"{feature['name']}.txt", f"{feature['name']}\n"))
         self.lock = threading.Lock()
         self.assigned_at: dict[str, float] = {}
         self.released_at: dict[str, float] = {}
@@ -105,6 +113,8 @@ class Agents:
         self.prompts: dict[str, list[str]] = {}  # feature -> every prompt its sessions were given
 
     def __call__(self, req: Request) -> Reply:
+        if self.think_seconds:
+            time.sleep(self.think_seconds)
         convo = read(req)
         feature = convo.feature
         if feature is None:
@@ -122,7 +132,7 @@ class Agents:
         if reply is not None:
             return reply
         if not convo.succeeded("Write"):
-            return write(req, f"{name}.txt", f"{name}\n")
+            return write(req, *self.file_for(feature))
         if not convo.succeeded(TOOL + "feature_release", now=True):
             return release(feature)
         return Reply.text(f"{name} is done.")
