@@ -36,6 +36,12 @@ COMMON_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[str], Any], Any, str]
 RUN_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[str], Any], Any, str]] = {
     "max_agents": (("--max-agents", "--parallel"), int, 3, "agent sessions at once; --parallel 1 runs sequentially"),
     "lease_seconds": (("--lease-seconds",), float, 90.0, "claim lease; renewed every third of it"),
+    "max_cost": (
+        ("--max-cost",),
+        float,
+        None,
+        "US dollars this run may spend on agents; no new feature starts once it would cross it",
+    ),
 }
 
 

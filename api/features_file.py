@@ -13,6 +13,7 @@ from api.errors import FeaturesFileError
 
 MAX_NAME = 200
 MAX_ATTEMPTS_LIMIT = 100
+MAX_COST_LIMIT = 10_000.0
 MODEL_RE = re.compile(r"^(haiku|sonnet|opus|claude-[a-z0-9][a-z0-9.\-]*)$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -30,9 +31,13 @@ class FeatureSpec:
     verify: str | None = None
     model: str | None = None
     max_attempts: int | None = None
+    max_cost_usd: float | None = None  # per-feature spending cap, summed over its attempts
 
 
-_FIELDS = {"name", "description", "category", "priority", "depends_on", "steps", "verify", "model", "max_attempts"}
+_FIELDS = {
+    "name", "description", "category", "priority", "depends_on", "steps", "verify", "model", "max_attempts",
+    "max_cost_usd",
+}  # fmt: skip
 
 
 def load_features_file(path: Path, known_edges: dict[str, tuple[str, ...]] | None = None) -> list[FeatureSpec]:
@@ -149,6 +154,20 @@ def _feature(item: Any, index: int, source: str) -> FeatureSpec:
             raise FeaturesFileError(f'{where}: "{key}" must be between {low} and {high}, got {value}', (name,))
         return value
 
+    def money(key: str) -> float | None:
+        value = item.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise FeaturesFileError(
+                f'{where}: "{key}" must be a number of US dollars, got {_json_type(value)}', (name,)
+            )
+        if not 0 < value <= MAX_COST_LIMIT:
+            raise FeaturesFileError(
+                f'{where}: "{key}" must be above 0 and at most {MAX_COST_LIMIT}, got {value}', (name,)
+            )
+        return float(value)
+
     def strings(key: str) -> tuple[str, ...]:
         value = item.get(key)
         if value is None:
@@ -177,6 +196,7 @@ def _feature(item: Any, index: int, source: str) -> FeatureSpec:
         verify=verify,
         model=model,
         max_attempts=integer("max_attempts", 1, MAX_ATTEMPTS_LIMIT),
+        max_cost_usd=money("max_cost_usd"),
     )
 
 

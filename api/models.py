@@ -64,6 +64,7 @@ class Feature(Base):
     verify: Mapped[str | None] = mapped_column(Text)
     model: Mapped[str | None] = mapped_column(String(100))
     max_attempts: Mapped[int | None] = mapped_column(Integer)
+    max_cost_usd: Mapped[float | None] = mapped_column(Float)
 
     status: Mapped[str] = mapped_column(String(20), default=Status.PENDING.value, server_default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

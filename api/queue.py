@@ -49,6 +49,8 @@ class ClaimedFeature:
     agent_id: str
     lease_token: int
     lease_expires_at: datetime
+    max_cost_usd: float | None = None
+    cost_usd: float = 0.0  # spent on this feature by earlier attempts
 
 
 @dataclass(frozen=True)
@@ -255,12 +257,14 @@ class FeatureQueue:
         cost_usd: float = 0.0,
         model: str | None = None,
         count_attempt: bool = True,
+        give_up: bool = False,
     ) -> ReleaseResult:
         """End ``owner``'s claim: ``passing``, ``failed`` (an attempt) or ``pending`` (give back).
 
         A failed attempt returns the feature to ``pending`` until its attempt limit, then
         ``failed``; ``count_attempt=False`` records an infrastructure failure without using
-        an attempt. Repeating a release that was already applied is a no-op. Raises
+        an attempt; ``give_up=True`` makes a failed attempt final whatever attempts remain (its
+        budget is spent). Repeating a release that was already applied is a no-op. Raises
         LeaseLostError when the claim is no longer the caller's (expired and reaped, or
         claimed again since: the token moved on).
         """
@@ -290,8 +294,10 @@ class FeatureQueue:
             elif status == Status.FAILED.value and count_attempt:
                 limit = func.coalesce(Feature.max_attempts, self.default_max_attempts)
                 values["attempts"] = Feature.attempts + 1
-                values["status"] = case(
-                    (Feature.attempts + 1 >= limit, Status.FAILED.value), else_=Status.PENDING.value
+                values["status"] = (
+                    Status.FAILED.value
+                    if give_up
+                    else case((Feature.attempts + 1 >= limit, Status.FAILED.value), else_=Status.PENDING.value)
                 )
                 values["finished_at"] = now
             else:
@@ -688,6 +694,8 @@ def _claimed(row: Feature) -> ClaimedFeature:
         agent_id=row.agent_id or "",
         lease_token=row.lease_token,
         lease_expires_at=row.lease_expires_at,  # type: ignore[arg-type]
+        max_cost_usd=row.max_cost_usd,
+        cost_usd=row.cost_usd,
     )
 
 
@@ -745,7 +753,7 @@ def _dependency_map(session: Session) -> dict[str, tuple[str, ...]]:
     return {name: tuple(deps) for name, deps in edges.items()}
 
 
-_SPEC_FIELDS = ("description", "category", "priority", "verify", "model", "max_attempts")
+_SPEC_FIELDS = ("description", "category", "priority", "verify", "model", "max_attempts", "max_cost_usd")
 
 
 def _import(session: Session, specs: list[FeatureSpec], is_sqlite: bool) -> ImportReport:

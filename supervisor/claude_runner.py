@@ -257,7 +257,9 @@ def _classify_fields(progress, subtype, status, reason, text, errors) -> AgentOu
     if subtype == "error_max_turns":
         return _outcome(progress, Ending.AGENT_ERROR, f"reached the turn limit ({progress.num_turns} turns)")
     if subtype == "error_max_budget_usd":
-        return _outcome(progress, Ending.AGENT_ERROR, f"exceeded the per-feature budget (${progress.cost_usd:.4f})")
+        spent = f"stopped at its budget after spending ${progress.cost_usd:.4f}"
+        outcome = _outcome(progress, Ending.AGENT_ERROR, spent)
+        return dataclasses.replace(outcome, over_budget=True)
     return _outcome(progress, Ending.AGENT_ERROR, f"session error: {detail}", status)
 
 

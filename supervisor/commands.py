@@ -108,6 +108,7 @@ def cmd_run(settings: Settings) -> int:
         max_agents=settings.max_agents,
         lease_seconds=settings.lease_seconds,
         policy=policy,
+        max_cost_usd=settings.max_cost,
     )
     supervisor = Supervisor(queue, ClaudeRunner(), options, make_view())
     summary = asyncio.run(supervisor.run())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ class Settings:
     features_file: Path
     max_agents: int = 3
     lease_seconds: float = 90.0
+    max_cost: float | None = None  # US dollars for the whole run
 
     @property
     def state_dir(self) -> Path:
@@ -32,6 +34,7 @@ def make_settings(
     features: str | None = None,
     max_agents: int = 3,
     lease_seconds: float = 90.0,
+    max_cost: float | None = None,
 ) -> Settings:
     """Validate the common options. Raises InputError naming the bad one."""
     if not project_dir:
@@ -46,6 +49,8 @@ def make_settings(
         raise InputError(f"--max-agents must be at least 1, got {max_agents}")
     if lease_seconds < 3:
         raise InputError(f"--lease-seconds must be at least 3, got {lease_seconds:g}")
+    if max_cost is not None and not (math.isfinite(max_cost) and max_cost > 0):
+        raise InputError(f"--max-cost must be a positive number of US dollars, got {max_cost:g}")
     features_file = Path(features).expanduser() if features else root / "features.json"
     if not features_file.is_absolute():
         features_file = Path.cwd() / features_file
@@ -55,4 +60,5 @@ def make_settings(
         features_file=features_file,
         max_agents=max_agents,
         lease_seconds=lease_seconds,
+        max_cost=max_cost,
     )

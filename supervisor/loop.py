@@ -39,6 +39,7 @@ class RunOptions:
     policy: AgentPolicy
     # How often to look for work freed by other supervisors while nothing runs here.
     idle_poll_seconds: float = 2.0
+    max_cost_usd: float | None = None  # for the whole run
 
 
 @dataclass
@@ -53,6 +54,7 @@ class AgentState:
     cost_usd: float = 0.0
     doing: str = "starting"
     last_activity: float = field(default_factory=time.monotonic)
+    budget_source: str | None = None  # which cap the session's max_budget_usd came from
 
 
 @dataclass
@@ -65,6 +67,7 @@ class RunSummary:
     sessions: int
     stop_reason: str | None
     exit_code: int
+    budget_usd: float | None = None
 
 
 class Supervisor:
@@ -91,6 +94,7 @@ class Supervisor:
         self._tokens: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._agent_seconds = 0.0
         self._sessions = 0
+        self._budget_stop: str | None = None
 
     # -- the loop -------------------------------------------------------------------
 
@@ -119,11 +123,13 @@ class Supervisor:
             self._wake.clear()
             paused_for = self._paused_until - time.monotonic()
             claimed: list[ClaimedFeature] = []
-            free = self.options.max_agents - len(self._tasks)
+            free = self._affordable(self.options.max_agents - len(self._tasks))
             if free > 0 and paused_for <= 0:
                 claimed = await asyncio.to_thread(self.queue.claim, free, self.owner)
                 for claim in claimed:
                     self._start(claim)
+            if not self._tasks and self._budget_stop:
+                return
             if not self._tasks and not claimed and paused_for <= 0:
                 # Nothing ready and nothing of ours running: finished, unless another
                 # supervisor still holds features whose success would unblock more.
@@ -151,10 +157,57 @@ class Supervisor:
 
         task.add_done_callback(done)
 
+    # -- the run budget ----------------------------------------------------------------
+
+    @property
+    def spent(self) -> float:
+        """Cost of this run so far: finished sessions plus what running ones have reported."""
+        return sum(self._cost.values()) + sum(state.cost_usd for state in self.agents.values())
+
+    def _affordable(self, free: int) -> int:
+        """How many new sessions fit in the run budget, estimating each at the mean so far."""
+        cap = self.options.max_cost_usd
+        if cap is None or free <= 0:
+            return max(free, 0)
+        if self._budget_stop:
+            return 0
+        mean = sum(self._cost.values()) / self._sessions if self._sessions else 0.0
+        # A running session will likely cost about the mean in all, whatever it has reported yet.
+        committed = sum(self._cost.values()) + sum(max(s.cost_usd, mean) for s in self.agents.values())
+        fits = free if mean == 0 else min(free, int((cap - committed) // mean))
+        if committed >= cap or fits <= 0:
+            self._stop_for_budget(f"the run budget of ${cap:.2f} is spent or committed (${committed:.4f})")
+            return 0
+        return fits
+
+    def _stop_for_budget(self, why: str) -> None:
+        if self._budget_stop is None:
+            self._budget_stop = why
+            self.view.note(f"no new features: {why}")
+
+    def _session_budget(self, claim: ClaimedFeature) -> tuple[float | None, str | None]:
+        """The tightest of the per-attempt, per-feature and remaining run caps, and which it is."""
+        caps: list[tuple[float, str]] = []
+        if self.options.policy.max_budget_usd is not None:
+            caps.append((self.options.policy.max_budget_usd, "attempt"))
+        if claim.max_cost_usd is not None:
+            caps.append((claim.max_cost_usd - claim.cost_usd, "feature"))
+        if self.options.max_cost_usd is not None:
+            others = self.spent - (self.agents[claim.id].cost_usd if claim.id in self.agents else 0.0)
+            caps.append((self.options.max_cost_usd - others, "run"))
+        if not caps:
+            return None, None
+        value, source = min(caps)
+        return max(value, 0.0), source
+
     # -- one agent --------------------------------------------------------------------
 
     async def _agent(self, claim: ClaimedFeature) -> None:
         policy = self.options.policy
+        budget, budget_source = self._session_budget(claim)
+        if budget is not None and budget <= 0:
+            await self._out_of_budget(claim, budget_source)
+            return
         try:
             feature = await asyncio.to_thread(self.queue.feature_context, claim.id)
             previous = await asyncio.to_thread(self.queue.runs, claim.id)
@@ -168,20 +221,31 @@ class Supervisor:
             self.view.note(f"feature #{claim.id}: cannot start: {exc.message}")
             await self._release(claim, "pending", exc.message, count_attempt=False)
             return
-        state = AgentState(claim, model, attempt)
+        state = AgentState(claim, model, attempt, budget_source=budget_source)
         self.agents[claim.id] = state
         self.view.started(state)
-        task = self._task(claim, feature, model, transcript, run, previous)
+        task = self._task(claim, feature, model, transcript, run, previous, budget=budget)
         outcome = await self._run_session(claim, state, task)
         if task.resume_session_id and "No conversation found" in outcome.message:
             # The old session is gone (another host, cleaned state): start afresh with the feedback.
-            task = self._task(claim, feature, model, transcript, run, previous, resume=False)
+            task = self._task(claim, feature, model, transcript, run, previous, resume=False, budget=budget)
             outcome = await self._run_session(claim, state, task)
         self._sessions += 1
         self._account(state, outcome)
         await self._conclude(claim, state, run, outcome, feature)
 
-    def _task(self, claim, feature, model, transcript, run, previous, resume: bool = True) -> AgentTask:  # noqa: ANN001
+    async def _out_of_budget(self, claim: ClaimedFeature, source: str | None) -> None:
+        if source == "feature":
+            why = f"its budget of ${claim.max_cost_usd:.2f} is spent (${claim.cost_usd:.4f})"
+            await self._release(claim, "failed", why, give_up=True)
+            self.view.note(f"feature #{claim.id} {claim.name}: failed: {why}")
+        else:
+            await self._release(claim, "pending", "", count_attempt=False)
+            self._stop_for_budget(f"the run budget of ${self.options.max_cost_usd:.2f} is spent")
+
+    def _task(  # noqa: ANN001
+        self, claim, feature, model, transcript, run, previous, resume: bool = True, budget: float | None = None
+    ) -> AgentTask:
         policy = self.options.policy
         last = previous[-1] if previous else None
         feedback = claim.notes if last is not None and claim.attempts > 0 else None
@@ -222,7 +286,7 @@ class Supervisor:
             max_turns=policy.max_turns,
             timeout_s=policy.timeout_for(model),
             stall_s=policy.stall_seconds,
-            max_budget_usd=policy.max_budget_usd,
+            max_budget_usd=budget,
             fallback_model=policy.fallback_model,
             resume_session_id=resume_id,
             reminders=policy.reminders,
@@ -258,6 +322,13 @@ class Supervisor:
     async def _conclude(self, claim, state, run: RunRecord, outcome: AgentOutcome, feature) -> None:  # noqa: ANN001
         record = await asyncio.to_thread(self.queue.run, run.id)
         status, notes, count = self._judge(outcome, record)
+        give_up = False
+        if outcome.over_budget and state.budget_source == "run":
+            # Stopped by the run's budget, not by its own failing: back to the queue, no attempt used.
+            status, count = "pending", False
+            self._stop_for_budget(f"the run budget of ${self.options.max_cost_usd:.2f} is spent")
+        elif outcome.over_budget and state.budget_source == "feature":
+            give_up = True  # its whole budget is gone: another attempt could not start
         if status == "passing" and claim.verify:
             state.doing = "verifying"
             self.view.activity(state, ActivityEvent(claim.id, "verify"))
@@ -289,7 +360,13 @@ class Supervisor:
             self.view.finished(state, "lost", "lease lost; another supervisor owns it now")
             return
         final = await self._release(
-            claim, status, notes, count_attempt=count, cost=outcome.cost_usd, model=outcome.model or state.model
+            claim,
+            status,
+            notes,
+            count_attempt=count,
+            cost=outcome.cost_usd,
+            model=outcome.model or state.model,
+            give_up=give_up,
         )
         await asyncio.to_thread(self.queue.release_all, claim.agent_id)
         self._after_infrastructure(outcome)
@@ -315,7 +392,9 @@ class Supervisor:
             return "pending", notes, False
         return "failed", f"the session ended without feature_release after {outcome.reminders_sent} reminder(s)", True
 
-    async def _release(self, claim, status, notes, *, count_attempt=True, cost=0.0, model=None) -> str | None:  # noqa: ANN001
+    async def _release(  # noqa: ANN001
+        self, claim, status, notes, *, count_attempt=True, cost=0.0, model=None, give_up=False
+    ) -> str | None:
         try:
             result = await asyncio.to_thread(
                 self.queue.release,
@@ -327,6 +406,7 @@ class Supervisor:
                 cost_usd=cost,
                 model=model,
                 count_attempt=count_attempt,
+                give_up=give_up,
             )
             return result.status
         except LeaseLostError as exc:
@@ -447,6 +527,13 @@ class Supervisor:
             cost_by_model=dict(self._cost),
             tokens_by_model={m: (t[0], t[1]) for m, t in self._tokens.items()},
             sessions=self._sessions,
-            stop_reason=self._fatal[0] if self._fatal else None,
+            stop_reason=self._fatal[0] if self._fatal else self._budget_note(counts),
             exit_code=code,
+            budget_usd=self.options.max_cost_usd,
         )
+
+    def _budget_note(self, counts: dict[str, int]) -> str | None:
+        if self._budget_stop is None:
+            return None
+        left = counts.get("pending", 0)
+        return f"{self._budget_stop}; {left} feature(s) left pending (raise --max-cost to go on)"

@@ -76,6 +76,7 @@ class AgentOutcome:
     reminders_sent: int = 0
     api_error_status: int | None = None
     retry_after_s: float | None = None
+    over_budget: bool = False  # stopped by max_budget_usd
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,8 @@ BAD_FILES = [
     ("bad-model", j([{"name": "a", "model": "gpt-4"}]), '"model" must be haiku, sonnet, opus'),
     ("max-attempts-zero", j([{"name": "a", "max_attempts": 0}]), '"max_attempts" must be between 1 and 100'),
     ("max-attempts-string", j([{"name": "a", "max_attempts": "3"}]), '"max_attempts" must be an integer'),
+    ("max-cost-negative", j([{"name": "a", "max_cost_usd": -1}]), '"max_cost_usd" must be above 0'),
+    ("max-cost-string", j([{"name": "a", "max_cost_usd": "5"}]), '"max_cost_usd" must be a number of US dollars'),
     ("empty-verify", j([{"name": "a", "verify": " "}]), '"verify" is an empty command'),
     ("duplicate-key", b'[{"name": "a", "name": "b"}]', "duplicate key 'name'"),
     ("trailing-comma", b'[{"name": "a"},]', "invalid JSON at line 1 column"),
@@ -184,6 +186,9 @@ def _closed_port() -> int:
             "cannot open database postgresql+psycopg://u@127.0.0.1:",
         ),
         (["retry", "999", "--project-dir", "{project}"], {}, "no database at"),
+        (["--project-dir", "{project}", "--max-cost", "-1", "status"], {}, "--max-cost must be a positive number"),
+        (["--project-dir", "{project}", "--max-cost", "nan", "status"], {}, "--max-cost must be a positive number"),
+        (["--project-dir", "{project}", "--max-cost", "lots", "status"], {}, "--max-cost must be a number"),
     ],
 )
 def test_bad_arguments_are_one_line_exit_2(
@@ -208,3 +213,14 @@ def test_retry_of_an_unknown_id_names_it(project: Path, capsys: pytest.CaptureFi
     capsys.readouterr()
     assert main(["retry", "42", "--project-dir", str(project)]) == 2
     assert "no feature with id 42" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_run_without_any_credentials_is_one_line_exit_2_and_writes_nothing(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "no-login"))
+    assert main(["--project-dir", str(project)]) == 2
+    assert "no Anthropic credentials: set ANTHROPIC_API_KEY" in one_error_line(capsys.readouterr().err)
+    assert not (project / ".agent-manager").exists()

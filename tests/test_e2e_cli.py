@@ -281,3 +281,44 @@ def test_sigint_gives_every_feature_back_and_leaves_no_lock_or_process(make_run:
     while any(alive(pid) for pid in sessions) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [pid for pid in sessions if alive(pid)] == []
+
+
+# -- budgets -------------------------------------------------------------------------------------
+
+
+def test_the_run_budget_stops_new_claims_before_it_is_crossed(make_run: Callable[..., Run]) -> None:
+    # Every sonnet session here costs the same (4 turns at fixed usage), about $0.0028.
+    features = [{"name": f"f{i}", "category": "backend"} for i in range(6)]
+    run = make_run(Agents(), features)
+    done = run.supervise("--max-agents", "1", "--max-cost", "0.007")
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = run.status()
+    assert report["counts"] == {"passing": 2, "pending": 4}
+    spent = sum(f["cost_usd"] for f in report["features"])
+    assert 0 < spent <= 0.007
+    assert all(f["attempts"] == 0 for f in report["features"] if f["status"] == "pending")
+    assert "run budget of $0.01 is spent or committed" in done.stdout
+    assert "4 feature(s) left pending (raise --max-cost to go on)" in done.stderr
+
+
+def test_a_session_over_its_feature_budget_is_stopped_and_the_feature_fails(make_run: Callable[..., Run]) -> None:
+    def spendthrift(req: Request, convo: Convo, feature: dict) -> Reply | None:
+        return write(req, f"draft-{len(convo.calls)}.txt", "more\n")  # never finishes on its own
+
+    features = [
+        {"name": "pricey", "category": "backend", "max_cost_usd": 0.002},
+        {"name": "after", "category": "backend", "depends_on": ["pricey"]},
+        {"name": "cheap", "category": "backend"},
+    ]
+    run = make_run(Agents({"pricey": spendthrift}), features)
+    done = run.supervise("--max-agents", "2")
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    by_name = run.status()["by_name"]
+    pricey = by_name["pricey"]
+    # Stopped by the SDK's max_budget_usd after the turn that crossed $0.002 ($0.0007 a turn).
+    assert (pricey["status"], pricey["attempts"]) == ("failed", 1)
+    assert "stopped at its budget" in pricey["notes"]
+    assert 0.002 <= pricey["cost_usd"] < 0.002 + 0.0007 * 2
+    assert by_name["after"]["status"] == "blocked" and by_name["cheap"]["status"] == "passing"
