@@ -112,7 +112,12 @@ class ClaudeRunner:
             resume=task.resume_session_id,
             setting_sources=self.setting_sources,
             env=env,
-            hooks={"PreToolUse": [HookMatcher(matcher=WRITE_TOOLS, hooks=[hook])]},
+            hooks={
+                "PreToolUse": [
+                    HookMatcher(matcher=WRITE_TOOLS, hooks=[hook]),
+                    HookMatcher(matcher="Bash", hooks=[hook]),
+                ]
+            },
             cli_path=self.cli_path,
         )
 
@@ -121,6 +126,9 @@ class ClaudeRunner:
 
         async def guard(input_data: dict[str, Any], _tool_use_id: str | None, _context: Any) -> dict[str, Any]:
             tool_input = input_data.get("tool_input") or {}
+            if input_data.get("tool_name") == "Bash":
+                verdict = task.guard_bash(str(tool_input.get("command", ""))) if task.guard_bash else None
+                return _deny(verdict.reason) if verdict is not None and not verdict.allowed else {}
             path = tool_input.get("file_path") or tool_input.get("notebook_path")
             if not path or task.guard_write is None:
                 return {}
@@ -128,13 +136,7 @@ class ClaudeRunner:
             if decision.allowed:
                 return {}
             on_activity(ActivityEvent(task.feature_id, "waiting_lock", decision.reason, progress.num_turns))
-            return {
-                "hookSpecificOutput": {
-                    "hookEventName": "PreToolUse",
-                    "permissionDecision": "deny",
-                    "permissionDecisionReason": decision.reason,
-                }
-            }
+            return _deny(decision.reason)
 
         task.transcript_path.parent.mkdir(parents=True, exist_ok=True)
         with open(task.transcript_path, "a", encoding="utf-8") as transcript:
@@ -283,6 +285,16 @@ async def _interrupt(client: ClaudeSDKClient) -> None:
         await asyncio.wait_for(client.interrupt(), timeout=_INTERRUPT_GRACE_S)
     except Exception:  # noqa: BLE001 - the session is being torn down either way
         pass
+
+
+def _deny(reason: str) -> dict[str, Any]:
+    return {
+        "hookSpecificOutput": {
+            "hookEventName": "PreToolUse",
+            "permissionDecision": "deny",
+            "permissionDecisionReason": reason,
+        }
+    }
 
 
 def _first_line(value: object) -> str:

@@ -22,6 +22,7 @@ from api.queue import ClaimedFeature, FeatureQueue, RunRecord
 from supervisor.prompts import retry_prompt, task_prompt
 from supervisor.routing import AgentPolicy
 from supervisor.runner import INFRASTRUCTURE, ActivityEvent, AgentOutcome, AgentRunner, AgentTask, Ending, WriteDecision
+from supervisor.sandbox import denied_command
 from supervisor.verify import run_verify
 
 log = logging.getLogger("agent_manager.supervisor")
@@ -265,6 +266,14 @@ class Supervisor:
                 return WriteDecision(False, exc.message)
             return WriteDecision(lock.success, lock.message)
 
+        def guard_bash(command: str) -> WriteDecision:
+            entry = denied_command(command, policy.bash_deny)
+            if entry is None:
+                return WriteDecision(True)
+            return WriteDecision(
+                False, f"`{entry}` is not allowed for agents in this project (bash_deny in .agent-manager/config.toml)"
+            )
+
         async def on_session(session_id: str) -> None:
             await asyncio.to_thread(self.queue.set_run_session, run.id, session_id)
 
@@ -292,6 +301,7 @@ class Supervisor:
             reminders=policy.reminders,
             is_released=is_released,
             guard_write=guard_write,
+            guard_bash=guard_bash,
             on_session=on_session,
         )
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from api.errors import InputError
 from api.features_file import MODEL_RE
+from supervisor.sandbox import DEFAULT_BASH_DENY
 
 DEFAULT_MODELS = {"testing": "haiku", "documentation": "haiku"}
 DEFAULT_TIMEOUTS = {"haiku": 600.0, "sonnet": 1800.0, "opus": 3600.0}
@@ -35,6 +36,7 @@ class AgentPolicy:
     outage_limit_seconds: float = 600.0
     backoff_initial_seconds: float = 5.0
     backoff_max_seconds: float = 120.0
+    bash_deny: tuple[str, ...] = DEFAULT_BASH_DENY  # command prefixes the agents' Bash tool refuses
 
     def model_for(self, category: str, override: str | None = None) -> str:
         """The feature's own ``model`` wins, then its category's, then the default."""
@@ -45,7 +47,9 @@ class AgentPolicy:
         return self.timeouts.get(model) or self.timeouts.get(family or "", self.timeouts.get("sonnet", 1800.0))
 
 
-_SCALARS = {f.name: f.type for f in dataclasses.fields(AgentPolicy) if f.name not in ("models", "timeouts")}
+_SCALARS = {
+    f.name: f.type for f in dataclasses.fields(AgentPolicy) if f.name not in ("models", "timeouts", "bash_deny")
+}
 
 
 def load_policy(project_dir: Path) -> AgentPolicy:
@@ -76,10 +80,14 @@ def policy_from_mapping(data: Mapping[str, Any], source: str) -> AgentPolicy:
             values["models"] = {**DEFAULT_MODELS, **_models(value, source)}
         elif name == "timeouts":
             values["timeouts"] = {**DEFAULT_TIMEOUTS, **_numbers(value, source, "timeouts")}
+        elif name == "bash_deny":
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                raise InputError(f'{source}: bash_deny must be a list of command prefixes such as "git push"')
+            values["bash_deny"] = tuple(value)
         elif name in _SCALARS:
             values[name] = _scalar(name, value, source)
         else:
-            known = ", ".join(sorted([*_SCALARS, "models", "timeouts"]))
+            known = ", ".join(sorted([*_SCALARS, "models", "timeouts", "bash_deny"]))
             raise InputError(f"{source}: unknown setting {key!r}; known: {known}")
     return AgentPolicy(**values)
 

@@ -58,6 +58,8 @@ class AgentTask:
     is_released: Callable[[], Awaitable[bool]] | None = None
     # Asked before every Write/Edit: may this agent write this file now?
     guard_write: Callable[[str], Awaitable[WriteDecision]] | None = None
+    # Asked before every Bash command: may this agent run it?
+    guard_bash: Callable[[str], WriteDecision] | None = None
     # Called as soon as the session id is known.
     on_session: Callable[[str], Awaitable[None]] | None = None
     env: dict[str, str] = field(default_factory=dict)

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -322,3 +323,36 @@ def test_a_session_over_its_feature_budget_is_stopped_and_the_feature_fails(make
     assert "stopped at its budget" in pricey["notes"]
     assert 0.002 <= pricey["cost_usd"] < 0.002 + 0.0007 * 2
     assert by_name["after"]["status"] == "blocked" and by_name["cheap"]["status"] == "passing"
+
+
+# -- sandbox ---------------------------------------------------------------------------------------
+
+
+def test_agents_cannot_push_or_write_outside_the_project(make_run: Callable[..., Run], tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    attempts = [
+        ("Bash", {"command": "git init -q && git push origin main", "description": "publish"}),
+        ("Write", {"file_path": str(outside), "content": "escaped\n"}),
+        ("Bash", {"command": "echo built > bash.txt", "description": "build"}),
+    ]
+    answers: list[tuple[str, bool, str]] = []
+
+    def probe(req: Request, convo: Convo, feature: dict) -> Reply | None:
+        done = [c for c in convo.calls if c.name in ("Bash", "Write") and c.result is not None]
+        if len(done) < len(attempts):
+            name, args = attempts[len(done)]
+            return Reply.tool_use(name, args)
+        if not answers:
+            answers.extend((c.name, c.is_error, c.result or "") for c in done)
+        return None
+
+    run = make_run(Agents({"sandboxed": probe}), [{"name": "sandboxed", "category": "backend"}])
+    done = run.supervise("--max-agents", "1")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    (push, push_denied, push_text), (_, write_denied, write_text), (_, bash_denied, _) = answers
+    assert push_denied and "`git push` is not allowed" in push_text and "bash_deny" in push_text
+    assert not (run.project / ".git").exists()  # the whole line was refused, not just its tail
+    assert write_denied and "outside the project" in write_text
+    assert not outside.exists()
+    assert not bash_denied and (run.project / "bash.txt").read_text() == "built\n"

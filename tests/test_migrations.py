@@ -43,9 +43,9 @@ def test_concurrent_first_starts_do_not_race_the_migration(db_url: str) -> None:
 
 
 def _upgrade_to(db: Database, revision: str) -> None:
-    from alembic import command
     from alembic.config import Config
 
+    from alembic import command
     from api.database import ALEMBIC_DIR
 
     cfg = Config()
@@ -114,7 +114,8 @@ def test_upgrading_from_the_first_revision_keeps_every_feature_run_lock_and_even
 def _snapshot(db: Database) -> dict[str, list[tuple]]:
     tables = ("features", "feature_dependencies", "file_locks", "agent_runs", "events")
     columns = {
-        "features": "id, name, description, status, attempts, unmet_deps, owner, agent_id, lease_token, notes, cost_usd",
+        "features": "id, name, description, status, attempts, unmet_deps, owner, agent_id, lease_token, notes,"
+        " cost_usd",
         "feature_dependencies": "feature_id, depends_on_id",
         "file_locks": "path, owner, feature_id",
         "agent_runs": "id",
