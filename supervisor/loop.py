@@ -19,6 +19,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from api.errors import AgentManagerError, LeaseLostError, PathOutsideProjectError
 from api.queue import ClaimedFeature, FeatureQueue, RunRecord
+from supervisor.cli_state import feature_config_dir
 from supervisor.prompts import retry_prompt, task_prompt
 from supervisor.routing import AgentPolicy
 from supervisor.runner import INFRASTRUCTURE, ActivityEvent, AgentOutcome, AgentRunner, AgentTask, Ending, WriteDecision
@@ -41,6 +42,10 @@ class RunOptions:
     # How often to look for work freed by other supervisors while nothing runs here.
     idle_poll_seconds: float = 2.0
     max_cost_usd: float | None = None  # for the whole run
+
+    @property
+    def state_dir(self) -> Path:
+        return self.logs_dir.parent
 
 
 @dataclass
@@ -303,6 +308,7 @@ class Supervisor:
             guard_write=guard_write,
             guard_bash=guard_bash,
             on_session=on_session,
+            env={"CLAUDE_CONFIG_DIR": str(feature_config_dir(self.options.state_dir, claim.id))},
         )
 
     async def _run_session(self, claim: ClaimedFeature, state: AgentState, task: AgentTask) -> AgentOutcome:

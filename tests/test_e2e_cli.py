@@ -356,3 +356,30 @@ def test_agents_cannot_push_or_write_outside_the_project(make_run: Callable[...,
     assert write_denied and "outside the project" in write_text
     assert not outside.exists()
     assert not bash_denied and (run.project / "bash.txt").read_text() == "built\n"
+
+
+# -- many sessions at once ---------------------------------------------------------------------
+
+
+def test_eight_sessions_started_at_once_each_keep_their_own_cli_state(make_run: Callable[..., Run]) -> None:
+    barrier = threading.Barrier(8, timeout=180)
+
+    def together(req: Request, convo: Convo, feature: dict) -> Reply | None:
+        if not any(c.name == "Write" for c in convo.calls):
+            barrier.wait()  # all eight CLIs are up and mid-session before any goes on
+        return None
+
+    features = [{"name": f"part-{i}", "category": "backend"} for i in range(8)]
+    run = make_run(Agents({f["name"]: together for f in features}), features)
+    user_config = Path(run.env["CLAUDE_CONFIG_DIR"])
+    done = run.supervise("--max-agents", "8")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert run.status()["counts"] == {"passing": 8}
+    assert run.server.peak_concurrency == 8
+    state = run.project / ".agent-manager" / "claude"
+    configs = sorted(state.glob("feature-*/.claude.json"))
+    assert len(configs) == 8
+    for config in configs:
+        json.loads(config.read_text())  # whole, parseable state: nobody wrote over anybody
+    assert not (user_config / ".claude.json").exists()  # the user's own CLI state was not touched
