@@ -117,6 +117,9 @@ class LiveView(PlainView):
             )
         bar = ProgressBar(total=max(self.total, 1), completed=self.done, width=40)
         header = Text(f" {self.done}/{self.total} features finished ")
+        sup = self.supervisor
+        if sup is not None and sup.limit < sup.options.max_agents:
+            header.append(f"  agents limited to {sup.limit}/{sup.options.max_agents} by rate limits", style="yellow")
         parts = [table, Group(header, bar)]
         if self.pause_text and self.supervisor and self.supervisor._paused_until > now:
             parts.append(Text(self.pause_text, style="yellow"))

@@ -29,6 +29,10 @@ from supervisor.verify import run_verify
 log = logging.getLogger("agent_manager.supervisor")
 
 SHUTDOWN_GRACE_S = 10.0
+# Rate-limit events that mean "slow down" before the 429s arrive.
+RATE_LIMIT_PRESSURE = frozenset({"allowed_warning", "rejected"})
+RATE_LIMIT_UTILISATION = 0.8
+RATE_LIMIT_CUT_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,10 @@ class Supervisor:
         self._agent_seconds = 0.0
         self._sessions = 0
         self._budget_stop: str | None = None
+        # Concurrency target under rate limits: halved on pressure, back up by one per clean session.
+        self.limit = options.max_agents
+        self._last_cut = 0.0
+        self._clean_since_cut = 0
 
     # -- the loop -------------------------------------------------------------------
 
@@ -129,7 +137,7 @@ class Supervisor:
             self._wake.clear()
             paused_for = self._paused_until - time.monotonic()
             claimed: list[ClaimedFeature] = []
-            free = self._affordable(self.options.max_agents - len(self._tasks))
+            free = self._affordable(self.limit - len(self._tasks))
             if free > 0 and paused_for <= 0:
                 claimed = await asyncio.to_thread(self.queue.claim, free, self.owner)
                 for claim in claimed:
@@ -144,7 +152,7 @@ class Supervisor:
                     return
                 await self._sleep_or_wake(self.options.idle_poll_seconds)
                 continue
-            if claimed and len(self._tasks) < self.options.max_agents:
+            if claimed and len(self._tasks) < self.limit:
                 continue  # more may be ready right away
             await self._sleep_or_wake(paused_for if paused_for > 0 else None)
 
@@ -316,6 +324,10 @@ class Supervisor:
             state.last_activity = time.monotonic()
             state.turns = max(state.turns, event.num_turns)
             state.cost_usd = max(state.cost_usd, event.cost_usd)
+            if event.kind == "rate_limit" and (
+                event.detail in RATE_LIMIT_PRESSURE or (event.utilization or 0.0) >= RATE_LIMIT_UTILISATION
+            ):
+                self._slow_down(f"rate limit {event.detail or 'warning'} at {(event.utilization or 0):.0%} use")
             state.doing = {
                 "tool": f"running {event.detail}",
                 "message": "thinking",
@@ -385,7 +397,7 @@ class Supervisor:
             give_up=give_up,
         )
         await asyncio.to_thread(self.queue.release_all, claim.agent_id)
-        self._after_infrastructure(outcome)
+        self._after_infrastructure(outcome, state.started)
         shown = final or status
         if status == "failed" and final == "pending":
             shown = "failed attempt, will retry"
@@ -429,12 +441,14 @@ class Supervisor:
             self.view.note(f"feature #{claim.id}: result discarded: {exc.message}")
             return None
 
-    def _after_infrastructure(self, outcome: AgentOutcome) -> None:
+    def _after_infrastructure(self, outcome: AgentOutcome, started: float = 0.0) -> None:
         policy = self.options.policy
         if outcome.ending in (Ending.AUTH_ERROR, Ending.SETUP_ERROR):
             hint = "check ANTHROPIC_API_KEY" if outcome.ending is Ending.AUTH_ERROR else "check the claude CLI install"
             self._fail(f"{outcome.message} ({hint})", 2)
         elif outcome.ending is Ending.API_UNAVAILABLE:
+            if outcome.api_error_status == 429:
+                self._slow_down("the API answered 429 (rate limited)")
             now = time.monotonic()
             self._outage_since = self._outage_since or now
             if now - self._outage_since >= policy.outage_limit_seconds:
@@ -449,6 +463,23 @@ class Supervisor:
         elif outcome.ending is not Ending.INTERRUPTED:
             # The API answered: the outage, if any, is over.
             self._outage_since, self._outage_failures = None, 0
+            # Additive increase: one more agent per window of clean sessions started after the cut.
+            if self.limit < self.options.max_agents and started > self._last_cut:
+                self._clean_since_cut += 1
+                if self._clean_since_cut >= self.limit:
+                    self.limit += 1
+                    self._clean_since_cut = 0
+                    self.view.note(f"concurrency back up to {self.limit} of {self.options.max_agents}")
+
+    def _slow_down(self, why: str) -> None:
+        """Halve the concurrency target, once per burst: sessions hit by the same limit count once."""
+        now = time.monotonic()
+        if now - self._last_cut < RATE_LIMIT_CUT_INTERVAL_S or self.limit <= 1:
+            return
+        self._last_cut = now
+        self._clean_since_cut = 0
+        self.limit = max(1, self.limit // 2)
+        self.view.note(f"concurrency lowered to {self.limit} of {self.options.max_agents}: {why}")
 
     def _fail(self, message: str, code: int) -> None:
         if self._fatal is None:

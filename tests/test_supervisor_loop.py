@@ -229,3 +229,35 @@ def test_writes_are_guarded_by_file_locks_between_agents(db_url: str, project: P
     assert "held by feature #1 (one)" in seen["two"][0].reason
     assert "outside the project" in seen["two"][2].reason
     assert queue.file_locks() == []
+
+
+def test_rate_limit_pressure_halves_concurrency_which_then_recovers_one_agent_at_a_time(
+    db_url: str, project: Path
+) -> None:
+    specs = [FeatureSpec(f"f{i}") for i in range(16)]
+    queue = make(db_url, project, specs)
+    seen: list[int] = []  # sessions running when each one started
+    activity: dict[int, Callable[[ActivityEvent], None]] = {}
+    first_wave = asyncio.Event()
+
+    class Recording(ScriptedRunner):
+        async def run(self, task: AgentTask, on_activity: Callable[[ActivityEvent], None]) -> AgentOutcome:
+            activity[task.feature_id] = on_activity
+            return await super().run(task, on_activity)
+
+    async def behaviour(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
+        seen.append(runner.running)
+        if runner.running == 8:
+            # Eight running: one of them hears the rate-limit warning before any 429 arrives.
+            activity[task.feature_id](ActivityEvent(task.feature_id, "rate_limit", "allowed_warning", 1, 0.0, 0.9))
+            first_wave.set()
+        await asyncio.wait_for(first_wave.wait(), 30)
+        return await passes(task, runner)
+
+    runner = Recording(queue, behaviour)
+    summary, supervisor = supervise(queue, runner, project, max_agents=8)
+    assert summary.exit_code == 0
+    assert seen[:8] == list(range(1, 9))
+    later = seen[8:]
+    assert len(later) == 8 and max(later[:4]) <= 4  # halved to 4, not refilled to 8
+    assert 4 < supervisor.limit < 8  # four clean sessions at 4 earned the fifth agent back
