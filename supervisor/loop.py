@@ -12,12 +12,14 @@ import socket
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from api.errors import AgentManagerError, LeaseLostError, PathOutsideProjectError
+from api.errors import AgentManagerError, DatabaseError, LeaseLostError, PathOutsideProjectError
 from api.queue import ClaimedFeature, FeatureQueue, RunRecord
 from supervisor.cli_state import feature_config_dir
 from supervisor.prompts import retry_prompt, task_prompt
@@ -27,6 +29,7 @@ from supervisor.sandbox import denied_command
 from supervisor.verify import run_verify
 
 log = logging.getLogger("agent_manager.supervisor")
+T = TypeVar("T")
 
 SHUTDOWN_GRACE_S = 10.0
 # Rate-limit events that mean "slow down" before the 429s arrive.
@@ -139,7 +142,7 @@ class Supervisor:
             claimed: list[ClaimedFeature] = []
             free = self._affordable(self.limit - len(self._tasks))
             if free > 0 and paused_for <= 0:
-                claimed = await asyncio.to_thread(self.queue.claim, free, self.owner)
+                claimed = await self._db(self.queue.claim, free, self.owner)
                 for claim in claimed:
                     self._start(claim)
             if not self._tasks and self._budget_stop:
@@ -147,7 +150,7 @@ class Supervisor:
             if not self._tasks and not claimed and paused_for <= 0:
                 # Nothing ready and nothing of ours running: finished, unless another
                 # supervisor still holds features whose success would unblock more.
-                report = await asyncio.to_thread(self.queue.status_report)
+                report = await self._db(self.queue.status_report)
                 if not report.counts.get("claimed"):
                     return
                 await self._sleep_or_wake(self.options.idle_poll_seconds)
@@ -223,12 +226,12 @@ class Supervisor:
             await self._out_of_budget(claim, budget_source)
             return
         try:
-            feature = await asyncio.to_thread(self.queue.feature_context, claim.id)
-            previous = await asyncio.to_thread(self.queue.runs, claim.id)
+            feature = await self._db(self.queue.feature_context, claim.id)
+            previous = await self._db(self.queue.runs, claim.id)
             model = policy.model_for(claim.category, claim.model)
             attempt = len(previous) + 1
             transcript = self.options.logs_dir / f"feature-{claim.id}-attempt-{attempt}.jsonl"
-            run = await asyncio.to_thread(self.queue.start_run, claim, model, str(transcript))
+            run = await self._db(self.queue.start_run, claim, model, str(transcript))
         except LeaseLostError:
             return
         except AgentManagerError as exc:
@@ -267,7 +270,7 @@ class Supervisor:
         prompt = retry_prompt(feature, feedback) if resume_id else task_prompt(feature, feedback)
 
         async def is_released() -> bool:
-            record = await asyncio.to_thread(self.queue.run, run.id)
+            record = await self._db(self.queue.run, run.id)
             return record.reported_status is not None
 
         async def guard_write(path: str) -> WriteDecision:
@@ -288,7 +291,7 @@ class Supervisor:
             )
 
         async def on_session(session_id: str) -> None:
-            await asyncio.to_thread(self.queue.set_run_session, run.id, session_id)
+            await self._db(self.queue.set_run_session, run.id, session_id)
 
         return AgentTask(
             feature_id=claim.id,
@@ -348,7 +351,7 @@ class Supervisor:
             return AgentOutcome(Ending.AGENT_ERROR, f"runner error: {exc}")
 
     async def _conclude(self, claim, state, run: RunRecord, outcome: AgentOutcome, feature) -> None:  # noqa: ANN001
-        record = await asyncio.to_thread(self.queue.run, run.id)
+        record = await self._db(self.queue.run, run.id)
         status, notes, count = self._judge(outcome, record)
         give_up = False
         if outcome.over_budget and state.budget_source == "run":
@@ -372,7 +375,7 @@ class Supervisor:
             if self._given_back[claim.id] >= self.options.policy.max_attempts:
                 status, count = "failed", True
                 notes = f"{notes}\n(given back {self._given_back[claim.id]} times in this run)".strip()
-        await asyncio.to_thread(
+        await self._db(
             self.queue.finish_run,
             run.id,
             outcome=status if outcome.ending is Ending.COMPLETED else outcome.ending.value,
@@ -396,7 +399,7 @@ class Supervisor:
             model=outcome.model or state.model,
             give_up=give_up,
         )
-        await asyncio.to_thread(self.queue.release_all, claim.agent_id)
+        await self._db(self.queue.release_all, claim.agent_id)
         self._after_infrastructure(outcome, state.started)
         shown = final or status
         if status == "failed" and final == "pending":
@@ -424,7 +427,7 @@ class Supervisor:
         self, claim, status, notes, *, count_attempt=True, cost=0.0, model=None, give_up=False
     ) -> str | None:
         try:
-            result = await asyncio.to_thread(
+            result = await self._db(
                 self.queue.release,
                 claim.id,
                 claim.owner,
@@ -480,6 +483,28 @@ class Supervisor:
         self._clean_since_cut = 0
         self.limit = max(1, self.limit // 2)
         self.view.note(f"concurrency lowered to {self.limit} of {self.options.max_agents}: {why}")
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a queue call off the loop, riding out a database outage (a restart, a busy lock).
+
+        Retries connection failures with backoff for up to ``database_outage_seconds``; after
+        that the run stops (exit 1): the leases of what it holds expire and the work is reclaimed.
+        """
+        limit = self.options.policy.database_outage_seconds
+        started = time.monotonic()
+        delay = 0.25
+        while True:
+            try:
+                return await asyncio.to_thread(fn, *args, **kwargs)
+            except DatabaseError as exc:
+                waited = time.monotonic() - started
+                if waited >= limit or self._fatal is not None:
+                    self._fail(f"the database is unavailable ({exc.message})", 1)
+                    raise
+                if delay == 0.25:
+                    self.view.note(f"database unavailable, retrying for up to {limit:.0f} s: {exc.message}")
+                await asyncio.sleep(min(delay, limit - waited))
+                delay = min(delay * 2, 5.0)
 
     def _fail(self, message: str, code: int) -> None:
         if self._fatal is None:
@@ -559,8 +584,11 @@ class Supervisor:
                 self.view.note(f"gave back {len(given)} feature(s) to pending")
 
     async def _summary(self, wall: float) -> RunSummary:
-        report = await asyncio.to_thread(self.queue.status_report)
-        counts = report.counts
+        try:
+            counts = (await asyncio.to_thread(self.queue.status_report)).counts
+        except AgentManagerError as exc:
+            self.view.note(f"cannot read the final status: {exc.message}")
+            counts = {}
         if self._fatal is not None:
             code = self._fatal[1]
         elif counts and set(counts) == {"passing"}:

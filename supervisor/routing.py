@@ -36,6 +36,7 @@ class AgentPolicy:
     outage_limit_seconds: float = 600.0
     backoff_initial_seconds: float = 5.0
     backoff_max_seconds: float = 120.0
+    database_outage_seconds: float = 120.0  # the database unreachable this long: the run stops
     bash_deny: tuple[str, ...] = DEFAULT_BASH_DENY  # command prefixes the agents' Bash tool refuses
 
     def model_for(self, category: str, override: str | None = None) -> str:

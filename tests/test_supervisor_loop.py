@@ -6,6 +6,8 @@ The real CLI paths are covered end to end in test_e2e_cli.py; these pin the loop
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -261,3 +263,78 @@ def test_rate_limit_pressure_halves_concurrency_which_then_recovers_one_agent_at
     later = seen[8:]
     assert len(later) == 8 and max(later[:4]) <= 4  # halved to 4, not refilled to 8
     assert 4 < supervisor.limit < 8  # four clean sessions at 4 earned the fifth agent back
+
+
+# -- database faults ---------------------------------------------------------------------------------
+
+HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+def test_an_outside_sqlite_writer_holding_the_lock_for_seconds_only_delays_the_run(
+    sqlite_url: str, project: Path
+) -> None:
+    queue = make(sqlite_url, project, DAG[:3])
+    holder: list[subprocess.Popen[str]] = []
+
+    async def blocked_mid_session(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
+        if not holder:
+            path = sqlite_url.removeprefix("sqlite:///")
+            proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, path, "3"], stdout=subprocess.PIPE, text=True)
+            holder.append(proc)
+            assert await asyncio.to_thread(proc.stdout.readline) == "locked\n"
+        return await passes(task, runner)  # its report waits on the lock, then goes through
+
+    started = time.monotonic()
+    summary, _ = supervise(queue, ScriptedRunner(queue, blocked_mid_session), project)
+    assert holder[0].wait(10) == 0
+    assert summary.exit_code == 0 and summary.stop_reason is None
+    assert set(statuses(queue).values()) == {"passing"}
+    assert time.monotonic() - started >= 3  # it waited for the writer rather than failing
+
+
+@pytest.mark.postgres
+def test_a_postgresql_restart_mid_run_is_ridden_out(pg_server, pg_url: str, project: Path) -> None:  # noqa: ANN001
+    queue = make(pg_url, project)
+    restarted: list[bool] = []
+
+    async def restart_once(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
+        if task.feature_name == "auth" and not restarted:
+            restarted.append(True)
+            # Every pooled connection dies; sessions of other features are running meanwhile.
+            await asyncio.to_thread(pg_server.restart)
+        return await passes(task, runner)
+
+    summary, _ = supervise(queue, ScriptedRunner(queue, restart_once), project)
+    assert restarted
+    assert summary.exit_code == 0, summary.stop_reason
+    assert set(statuses(queue).values()) == {"passing"}
+
+
+@pytest.mark.postgres
+def test_a_database_that_stays_down_stops_the_run_with_its_cause(pg_server, pg_url: str, project: Path) -> None:  # noqa: ANN001
+    queue = make(pg_url, project, DAG[:1])
+
+    async def pull_the_plug(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
+        await runner.report(task, "passing", "done")
+        await asyncio.to_thread(pg_server.stop, "fast")  # "immediate" would lose the unsynced commits
+        return AgentOutcome(Ending.COMPLETED, session_id="s", num_turns=1, model=task.model)
+
+    try:
+        started = time.monotonic()
+        summary, _ = supervise(queue, ScriptedRunner(queue, pull_the_plug), project, database_outage_seconds=2)
+        took = time.monotonic() - started
+    finally:
+        pg_server.start_existing()
+    assert summary.exit_code == 1
+    assert "the database is unavailable" in (summary.stop_reason or "")
+    assert took < 30
+    # Nothing was lost: the claim is still leased, so it returns to pending when the lease expires.
+    feature = queue.status_report().features[0]
+    assert feature.status == "claimed"
