@@ -21,6 +21,7 @@ from claude_agent_sdk import (
     ProcessError,
     ResultError,
     ResultMessage,
+    SystemMessage,
     ToolUseBlock,
 )
 
@@ -64,6 +65,7 @@ class _Progress:
     model: str | None = None
     reminders: int = 0
     result: ResultMessage | None = None
+    retry_after_s: float | None = None  # the CLI's last retry delay (it honours retry-after)
 
 
 class ClaudeRunner:
@@ -213,6 +215,10 @@ class ClaudeRunner:
             elif RateLimitEvent is not None and isinstance(message, RateLimitEvent):
                 info = message.rate_limit_info
                 on_activity(ActivityEvent(task.feature_id, "rate_limit", info.status, utilization=info.utilization))
+            elif isinstance(message, SystemMessage) and message.subtype == "api_retry":
+                delay_ms = (message.data or {}).get("retry_delay_ms")
+                if isinstance(delay_ms, (int, float)):
+                    progress.retry_after_s = delay_ms / 1000
             elif isinstance(message, ResultMessage):
                 _absorb(progress, message)
                 on_activity(ActivityEvent(task.feature_id, "turn", "", progress.num_turns, progress.cost_usd))
@@ -277,6 +283,7 @@ def _outcome(progress: _Progress, ending: Ending, message: str = "", status: int
         model=progress.model,
         reminders_sent=progress.reminders,
         api_error_status=status,
+        retry_after_s=progress.retry_after_s,
     )
 
 

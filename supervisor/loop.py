@@ -460,6 +460,7 @@ class Supervisor:
                 )
                 return
             delay = min(policy.backoff_max_seconds, policy.backoff_initial_seconds * 2**self._outage_failures)
+            delay = max(delay, outcome.retry_after_s or 0.0)  # what the API asked for, via the CLI
             self._outage_failures += 1
             self._paused_until = max(self._paused_until, now + delay)
             self.view.paused(delay, outcome.message)

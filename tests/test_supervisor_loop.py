@@ -338,3 +338,23 @@ def test_a_database_that_stays_down_stops_the_run_with_its_cause(pg_server, pg_u
     # Nothing was lost: the claim is still leased, so it returns to pending when the lease expires.
     feature = queue.status_report().features[0]
     assert feature.status == "claimed"
+
+
+def test_a_rate_limit_pause_lasts_at_least_as_long_as_the_api_asked(db_url: str, project: Path) -> None:
+    calls = {"n": 0}
+
+    async def limited_once(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return AgentOutcome(
+                Ending.API_UNAVAILABLE, "API unavailable (429): Rate limited", api_error_status=429, retry_after_s=1.5
+            )
+        return await passes(task, runner)
+
+    queue = make(db_url, project, [FeatureSpec("a")])
+    runner = ScriptedRunner(queue, limited_once)
+    summary, _ = supervise(queue, runner, project, max_agents=1, backoff_initial_seconds=0.1)
+    assert summary.exit_code == 0
+    assert runner.started and calls["n"] == 2
+    gap = runner.finished["a"] - runner.started["a"]  # first start to the end of the retry
+    assert gap >= 1.5
