@@ -268,8 +268,7 @@ class FeatureQueue:
         LeaseLostError when the claim is no longer the caller's (expired and reaped, or
         claimed again since: the token moved on).
         """
-        if status not in (Status.PASSING.value, Status.FAILED.value, Status.PENDING.value):
-            raise InputError(f"invalid status {status!r}: use passing, failed or pending")
+        _check_verdict(status)
 
         def work(session: Session) -> ReleaseResult:
             now = utcnow()
@@ -527,8 +526,7 @@ class FeatureQueue:
         agent claimed itself (feature_claim_batch) is released directly. Returns the stored
         status or "reported". Raises InputError for a bad status or another agent's feature.
         """
-        if status not in (Status.PASSING.value, Status.FAILED.value, Status.PENDING.value):
-            raise InputError(f"invalid status {status!r}: use passing, failed or pending")
+        _check_verdict(status)
 
         def work(session: Session) -> tuple[str, int | None]:
             # Check and write in one transaction, so a claim that changes hands in between
@@ -675,6 +673,11 @@ class FeatureQueue:
 
 
 # -- helpers (all run inside the caller's transaction) ----------------------------------
+
+
+def _check_verdict(status: str) -> None:
+    if status not in (Status.PASSING.value, Status.FAILED.value, Status.PENDING.value):
+        raise InputError(f"invalid status {status!r}: use passing, failed or pending")
 
 
 def _claimed(row: Feature) -> ClaimedFeature:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from api.database import Database
+from api.queue import FeatureQueue
 from tests.harness import make_run  # noqa: F401 - a fixture for the end-to-end tests
 from tests.pg import PostgresServer, find_pg_bin
 
@@ -45,6 +47,15 @@ def pg_url(pg_server: PostgresServer) -> Iterator[str]:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'queue.db'}"
+
+
+@pytest.fixture
+def queue(db_url: str, project: Path) -> Iterator[FeatureQueue]:
+    """A migrated queue on ``db_url`` for the test module's ``project`` directory."""
+    db = Database(db_url)
+    db.migrate()
+    yield FeatureQueue(db, project_dir=project, lease_seconds=30)
+    db.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -54,14 +54,6 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def queue(db_url: str, project: Path) -> FeatureQueue:
-    db = Database(db_url)
-    db.migrate()
-    yield FeatureQueue(db, project_dir=project, lease_seconds=30)
-    db.dispose()
-
-
 @asynccontextmanager
 async def agent(queue: FeatureQueue, agent_id: str, feature_id: int | None = None) -> AsyncIterator[Client]:
     """An in-process client of a server whose identity is ``agent_id`` (and its assigned feature)."""

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from api.database import Database
 from api.errors import FeaturesFileError, InputError, LeaseLostError, PathOutsideProjectError
 from api.features_file import FeatureSpec
 from api.models import Feature
@@ -24,14 +23,6 @@ def project(tmp_path: Path) -> Path:
     root = tmp_path / "project"
     root.mkdir()
     return root
-
-
-@pytest.fixture
-def queue(db_url: str, project: Path) -> FeatureQueue:
-    db = Database(db_url)
-    db.migrate()
-    yield FeatureQueue(db, project_dir=project, lease_seconds=30)
-    db.dispose()
 
 
 def names(claimed) -> list[str]:
