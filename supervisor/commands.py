@@ -90,9 +90,18 @@ def check_credentials(env: dict[str, str] | None = None) -> None:
     )
 
 
+def _ignore_state_dir(settings: Settings) -> None:
+    """Keep the queue, logs and CLI state out of the user's git status without touching their .gitignore."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    marker = settings.state_dir / ".gitignore"
+    if not marker.exists():
+        marker.write_text("# written by agent-manager: nothing in here belongs in git\n*\n", encoding="utf-8")
+
+
 def cmd_run(settings: Settings) -> int:
     policy = load_policy(settings.project_dir)
     check_credentials()
+    _ignore_state_dir(settings)
     if settings.features_file.exists():
         import_features(settings)
     queue = open_queue(settings)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +58,7 @@ def test_agents_build_a_feature_dag_in_dependency_order(make_run: Callable[..., 
 
     brain = Agents({name: meet for name in ROOTS})
     run = make_run(brain, APP)
+    subprocess.run(["git", "init", "-q", str(run.project)], check=True)
     flag = "--max-agents" if agents > 1 else "--parallel"
     done = run.supervise(flag, str(agents))
 
@@ -82,6 +84,14 @@ def test_agents_build_a_feature_dag_in_dependency_order(make_run: Callable[..., 
     assert "passing: 7, failed: 0, blocked: 0" in done.stdout
     queue = run.queue()
     assert queue.file_locks() == []
+    # The queue, logs and CLI state stay out of the user's git status.
+    untracked = subprocess.run(
+        ["git", "-C", str(run.project), "status", "--porcelain", "--untracked-files=all"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "schema.txt" in untracked and ".agent-manager" not in untracked
     # A transcript per attempt, with the stream of messages.
     for feature in report["features"]:
         transcript = run.project / ".agent-manager" / "logs" / f"feature-{feature['id']}-attempt-1.jsonl"
