@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -270,65 +270,119 @@ class FeatureQueue:
         """
         _check_verdict(status)
 
-        def work(session: Session) -> ReleaseResult:
-            now = utcnow()
-            held = and_(
-                Feature.id == feature_id,
-                Feature.owner == owner,
-                Feature.lease_token == token,
-                Feature.status == Status.CLAIMED.value,
+        return self.db.run(
+            lambda session: self._release_in(
+                session, feature_id, owner, token, status, notes, cost_usd, model, count_attempt, give_up
             )
-            values: dict[str, Any] = {
-                "lease_expires_at": None,
-                "updated_at": now,
-                "cost_usd": Feature.cost_usd + cost_usd,
-            }
-            if notes:
-                values["notes"] = notes
-            if model:
-                values["last_model"] = model
-            if status == Status.PASSING.value:
-                # attempts counts the agent sessions that counted, the passing one included.
-                values.update(status=Status.PASSING.value, finished_at=now, attempts=Feature.attempts + 1)
-            elif status == Status.FAILED.value and count_attempt:
-                limit = func.coalesce(Feature.max_attempts, self.default_max_attempts)
-                values["attempts"] = Feature.attempts + 1
-                values["status"] = (
-                    Status.FAILED.value
-                    if give_up
-                    else case((Feature.attempts + 1 >= limit, Status.FAILED.value), else_=Status.PENDING.value)
-                )
-                values["finished_at"] = now
-            else:
-                values["status"] = Status.PENDING.value
-            row = session.execute(
-                update(Feature)
-                .where(held)
-                .values(**values)
-                .returning(Feature.status, Feature.attempts)
-                .execution_options(synchronize_session=False)
-            ).first()
-            if row is None:
-                current = session.execute(
-                    select(Feature.status, Feature.owner, Feature.lease_token, Feature.attempts).where(
-                        Feature.id == feature_id
-                    )
-                ).first()
-                if current is None:
-                    raise NotFoundError(f"no feature with id {feature_id}")
-                if current.owner == owner and current.lease_token == token:
-                    return ReleaseResult(feature_id, current.status, current.attempts, applied=False)
-                raise LeaseLostError(
-                    f"feature #{feature_id} is no longer held by {owner} (lease token {token}); "
-                    "it expired or was claimed again"
-                )
-            if row.status == Status.PASSING.value:
-                _unblock_dependents(session, feature_id, self.db.is_sqlite)
-            session.execute(delete(FileLock).where(FileLock.feature_id == feature_id))
-            _log(session, [(f"released:{status}", feature_id, owner, {"token": token, "now": row.status})])
-            return ReleaseResult(feature_id, row.status, row.attempts, applied=True)
+        )
+
+    def finish_attempt(
+        self,
+        run_id: int,
+        run_fields: Mapping[str, Any],
+        claim: ClaimedFeature,
+        status: str,
+        notes: str = "",
+        *,
+        cost_usd: float = 0.0,
+        model: str | None = None,
+        count_attempt: bool = True,
+        give_up: bool = False,
+        release: bool = True,
+    ) -> ReleaseResult | None:
+        """End an attempt in one transaction: store its run fields (see finish_run), release the
+        feature as ``release()`` would, and drop the agent's file locks.
+
+        Returns None when the claim is no longer the caller's, or with ``release=False`` (the
+        supervisor already knows its lease was lost); the run and the locks are settled anyway.
+        """
+        _check_verdict(status)
+        _check_run_fields(run_fields)
+
+        def work(session: Session) -> ReleaseResult | None:
+            session.execute(update(AgentRun).where(AgentRun.id == run_id).values(ended_at=utcnow(), **run_fields))
+            session.execute(delete(FileLock).where(FileLock.owner == claim.agent_id))
+            if not release:
+                return None
+            try:
+                return self._release_in(
+                    session, claim.id, claim.owner, claim.lease_token, status, notes, cost_usd, model,
+                    count_attempt, give_up,
+                )  # fmt: skip
+            except LeaseLostError:
+                return None
 
         return self.db.run(work)
+
+    def _release_in(
+        self,
+        session: Session,
+        feature_id: int,
+        owner: str,
+        token: int,
+        status: str,
+        notes: str,
+        cost_usd: float,
+        model: str | None,
+        count_attempt: bool,
+        give_up: bool,
+    ) -> ReleaseResult:
+        now = utcnow()
+        held = and_(
+            Feature.id == feature_id,
+            Feature.owner == owner,
+            Feature.lease_token == token,
+            Feature.status == Status.CLAIMED.value,
+        )
+        values: dict[str, Any] = {
+            "lease_expires_at": None,
+            "updated_at": now,
+            "cost_usd": Feature.cost_usd + cost_usd,
+        }
+        if notes:
+            values["notes"] = notes
+        if model:
+            values["last_model"] = model
+        if status == Status.PASSING.value:
+            # attempts counts the agent sessions that counted, the passing one included.
+            values.update(status=Status.PASSING.value, finished_at=now, attempts=Feature.attempts + 1)
+        elif status == Status.FAILED.value and count_attempt:
+            limit = func.coalesce(Feature.max_attempts, self.default_max_attempts)
+            values["attempts"] = Feature.attempts + 1
+            values["status"] = (
+                Status.FAILED.value
+                if give_up
+                else case((Feature.attempts + 1 >= limit, Status.FAILED.value), else_=Status.PENDING.value)
+            )
+            values["finished_at"] = now
+        else:
+            values["status"] = Status.PENDING.value
+        row = session.execute(
+            update(Feature)
+            .where(held)
+            .values(**values)
+            .returning(Feature.status, Feature.attempts)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if row is None:
+            current = session.execute(
+                select(Feature.status, Feature.owner, Feature.lease_token, Feature.attempts).where(
+                    Feature.id == feature_id
+                )
+            ).first()
+            if current is None:
+                raise NotFoundError(f"no feature with id {feature_id}")
+            if current.owner == owner and current.lease_token == token:
+                return ReleaseResult(feature_id, current.status, current.attempts, applied=False)
+            raise LeaseLostError(
+                f"feature #{feature_id} is no longer held by {owner} (lease token {token}); "
+                "it expired or was claimed again"
+            )
+        if row.status == Status.PASSING.value:
+            _unblock_dependents(session, feature_id, self.db.is_sqlite)
+        session.execute(delete(FileLock).where(FileLock.feature_id == feature_id))
+        _log(session, [(f"released:{status}", feature_id, owner, {"token": token, "now": row.status})])
+        return ReleaseResult(feature_id, row.status, row.attempts, applied=True)
 
     def heartbeat(self, owner: str, held: Mapping[int, int] | None = None) -> HeartbeatResult:
         """Extend every lease ``owner`` holds, in one statement.
@@ -353,12 +407,15 @@ class FeatureQueue:
         return self.db.run(work)
 
     def reap_expired(self) -> list[int]:
-        """Return expired claims (their owner stopped heart-beating) to ``pending``; frees their locks."""
+        """Return expired claims (their owner stopped heart-beating) to ``pending``.
+
+        Frees their file locks and closes their unfinished attempts (outcome ``expired``); no attempt is used.
+        """
 
         def work(session: Session) -> list[int]:
             now = utcnow()
             expired = and_(Feature.status == Status.CLAIMED.value, Feature.lease_expires_at < now)
-            query = select(Feature.id, Feature.owner).where(expired).order_by(Feature.id)
+            query = select(Feature.id, Feature.owner, Feature.agent_id).where(expired).order_by(Feature.id)
             if not self.db.is_sqlite:
                 query = query.with_for_update(skip_locked=True)
             victims = session.execute(query).all()
@@ -372,6 +429,13 @@ class FeatureQueue:
                 .execution_options(synchronize_session=False)
             )
             session.execute(delete(FileLock).where(FileLock.feature_id.in_(ids)))
+            # Their owner will not finish these attempts (it died): close them, or `logs` shows them running forever.
+            session.execute(
+                update(AgentRun)
+                .where(AgentRun.agent_id.in_([v.agent_id for v in victims if v.agent_id]), AgentRun.ended_at.is_(None))
+                .values(ended_at=now, outcome="expired", error="the lease expired: its supervisor stopped renewing it")
+                .execution_options(synchronize_session=False)
+            )
             _log(session, [("reaped", v.id, v.owner, None) for v in victims])
             return ids
 
@@ -417,51 +481,26 @@ class FeatureQueue:
     # -- agent runs and what agents report ------------------------------------------
 
     def start_run(self, claim: ClaimedFeature, model: str | None, transcript_path: str | None = None) -> RunRecord:
-        """Record the start of an agent attempt on a feature the caller holds."""
+        """Record the start of an agent attempt on a feature the caller holds. Raises LeaseLostError."""
+        return self.db.run(lambda session: _start_run(session, claim, model, transcript_path))
 
-        def work(session: Session) -> RunRecord:
-            held = session.execute(
-                select(Feature.id).where(
-                    Feature.id == claim.id,
-                    Feature.owner == claim.owner,
-                    Feature.lease_token == claim.lease_token,
-                    Feature.status == Status.CLAIMED.value,
-                )
-            ).first()
-            if held is None:
-                raise LeaseLostError(f"feature #{claim.id} is no longer held by {claim.owner}")
-            number = session.scalar(select(func.count()).where(AgentRun.feature_id == claim.id)) + 1
-            run = AgentRun(
-                feature_id=claim.id,
-                attempt=number,
-                owner=claim.owner,
-                agent_id=claim.agent_id,
-                model=model,
-                transcript_path=transcript_path,
-                started_at=utcnow(),
-            )
-            session.add(run)
-            session.flush()
-            return _run_record(run)
+    def begin_attempt(
+        self, claim: ClaimedFeature, model: str | None, transcript_for: Callable[[int], str]
+    ) -> tuple[dict[str, Any], list[RunRecord], RunRecord]:
+        """Start an attempt in one transaction: the feature as its agent reads it, its earlier
+        attempts, and the new attempt's row (``transcript_for(attempt number)`` names its
+        transcript). Raises LeaseLostError when the claim is no longer the caller's."""
+
+        def work(session: Session) -> tuple[dict[str, Any], list[RunRecord], RunRecord]:
+            context = _feature_context(session, claim.id)
+            previous = _runs(session, claim.id)
+            return context, previous, _start_run(session, claim, model, transcript_for(len(previous) + 1))
 
         return self.db.run(work)
 
     def finish_run(self, run_id: int, **fields: Any) -> None:
         """Store the end of an attempt: outcome, session_id, num_turns, tokens, cost_usd, error, model..."""
-        allowed = {
-            "outcome",
-            "session_id",
-            "num_turns",
-            "input_tokens",
-            "output_tokens",
-            "cost_usd",
-            "error",
-            "model",
-            "transcript_path",
-        }
-        unknown = set(fields) - allowed
-        if unknown:
-            raise TypeError(f"unknown run fields {sorted(unknown)}")
+        _check_run_fields(fields)
         self.db.run(
             lambda s: s.execute(update(AgentRun).where(AgentRun.id == run_id).values(ended_at=utcnow(), **fields))
         )
@@ -472,13 +511,7 @@ class FeatureQueue:
 
     def runs(self, feature_id: int) -> list[RunRecord]:
         """Every attempt at a feature, oldest first."""
-        return self.db.run(
-            lambda s: [
-                _run_record(r)
-                for r in s.scalars(select(AgentRun).where(AgentRun.feature_id == feature_id).order_by(AgentRun.id))
-            ],
-            read_only=True,
-        )
+        return self.db.run(lambda session: _runs(session, feature_id), read_only=True)
 
     def run(self, run_id: int) -> RunRecord:
         def work(session: Session) -> RunRecord:
@@ -491,32 +524,7 @@ class FeatureQueue:
 
     def feature_context(self, feature_id: int) -> dict[str, Any]:
         """A feature's assignment as an agent reads it, with its dependencies' notes."""
-
-        def work(session: Session) -> dict[str, Any]:
-            row = session.get(Feature, feature_id)
-            if row is None:
-                raise NotFoundError(f"no feature with id {feature_id}")
-            dep = aliased(Feature)
-            deps = session.execute(
-                select(dep.id, dep.name, dep.status, dep.notes)
-                .join(FeatureDependency, FeatureDependency.depends_on_id == dep.id)
-                .where(FeatureDependency.feature_id == feature_id)
-                .order_by(dep.id)
-            ).all()
-            return {
-                "id": row.id,
-                "name": row.name,
-                "description": row.description,
-                "category": row.category,
-                "steps": list(row.steps or []),
-                "verify": row.verify,
-                "status": row.status,
-                "attempts": row.attempts,
-                "notes": row.notes,
-                "dependencies": [{"id": d.id, "name": d.name, "status": d.status, "notes": d.notes} for d in deps],
-            }
-
-        return self.db.run(work, read_only=True)
+        return self.db.run(lambda session: _feature_context(session, feature_id), read_only=True)
 
     def report(self, agent_id: str, feature_id: int, status: str, notes: str = "") -> str:
         """An agent's verdict on its feature (the MCP tool feature_release).
@@ -673,6 +681,83 @@ class FeatureQueue:
 
 
 # -- helpers (all run inside the caller's transaction) ----------------------------------
+
+
+_RUN_FIELDS = frozenset(
+    {
+        "outcome",
+        "session_id",
+        "num_turns",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "error",
+        "model",
+        "transcript_path",
+    }
+)
+
+
+def _check_run_fields(fields: Mapping[str, Any]) -> None:
+    unknown = set(fields) - _RUN_FIELDS
+    if unknown:
+        raise TypeError(f"unknown run fields {sorted(unknown)}")
+
+
+def _start_run(session: Session, claim: ClaimedFeature, model: str | None, transcript_path: str | None) -> RunRecord:
+    held = session.execute(
+        select(Feature.id).where(
+            Feature.id == claim.id,
+            Feature.owner == claim.owner,
+            Feature.lease_token == claim.lease_token,
+            Feature.status == Status.CLAIMED.value,
+        )
+    ).first()
+    if held is None:
+        raise LeaseLostError(f"feature #{claim.id} is no longer held by {claim.owner}")
+    number = session.scalar(select(func.count()).where(AgentRun.feature_id == claim.id)) + 1
+    run = AgentRun(
+        feature_id=claim.id,
+        attempt=number,
+        owner=claim.owner,
+        agent_id=claim.agent_id,
+        model=model,
+        transcript_path=transcript_path,
+        started_at=utcnow(),
+    )
+    session.add(run)
+    session.flush()
+    return _run_record(run)
+
+
+def _runs(session: Session, feature_id: int) -> list[RunRecord]:
+    query = select(AgentRun).where(AgentRun.feature_id == feature_id).order_by(AgentRun.id)
+    return [_run_record(r) for r in session.scalars(query)]
+
+
+def _feature_context(session: Session, feature_id: int) -> dict[str, Any]:
+    row = session.get(Feature, feature_id)
+    if row is None:
+        raise NotFoundError(f"no feature with id {feature_id}")
+    dep = aliased(Feature)
+    deps = session.execute(
+        select(dep.id, dep.name, dep.status, dep.notes)
+        .join(FeatureDependency, FeatureDependency.depends_on_id == dep.id)
+        .where(FeatureDependency.feature_id == feature_id)
+        .order_by(dep.id)
+    ).all()
+    return {
+        "id": row.id,
+        "name": row.name,
+        "description": row.description,
+        "category": row.category,
+        "steps": list(row.steps or []),
+        "verify": row.verify,
+        "status": row.status,
+        "attempts": row.attempts,
+        "notes": row.notes,
+        "dependencies": [{"id": d.id, "name": d.name, "status": d.status, "notes": d.notes} for d in deps],
+    }
 
 
 def _check_verdict(status: str) -> None:

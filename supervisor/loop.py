@@ -226,12 +226,12 @@ class Supervisor:
             await self._out_of_budget(claim, budget_source)
             return
         try:
-            feature = await self._db(self.queue.feature_context, claim.id)
-            previous = await self._db(self.queue.runs, claim.id)
             model = policy.model_for(claim.category, claim.model)
-            attempt = len(previous) + 1
-            transcript = self.options.logs_dir / f"feature-{claim.id}-attempt-{attempt}.jsonl"
-            run = await self._db(self.queue.start_run, claim, model, str(transcript))
+            feature, previous, run = await self._db(
+                self.queue.begin_attempt, claim, model, lambda n: str(self._transcript(claim.id, n))
+            )
+            attempt = run.attempt
+            transcript = self._transcript(claim.id, attempt)
         except LeaseLostError:
             return
         except AgentManagerError as exc:
@@ -250,6 +250,9 @@ class Supervisor:
         self._sessions += 1
         self._account(state, outcome)
         await self._conclude(claim, state, run, outcome, feature)
+
+    def _transcript(self, feature_id: int, attempt: int) -> Path:
+        return self.options.logs_dir / f"feature-{feature_id}-attempt-{attempt}.jsonl"
 
     async def _out_of_budget(self, claim: ClaimedFeature, source: str | None) -> None:
         if source == "feature":
@@ -375,31 +378,37 @@ class Supervisor:
             if self._given_back[claim.id] >= self.options.policy.max_attempts:
                 status, count = "failed", True
                 notes = f"{notes}\n(given back {self._given_back[claim.id]} times in this run)".strip()
-        await self._db(
-            self.queue.finish_run,
+        model = outcome.model or state.model
+        run_fields = {
+            "outcome": status if outcome.ending is Ending.COMPLETED else outcome.ending.value,
+            "session_id": outcome.session_id,
+            "num_turns": outcome.num_turns,
+            "input_tokens": outcome.input_tokens,
+            "output_tokens": outcome.output_tokens,
+            "cost_usd": outcome.cost_usd,
+            "model": model,
+            "error": outcome.message or None,
+        }
+        lost = claim.id in self._lost
+        # One transaction: the run's record, the verdict and the agent's locks land together.
+        result = await self._db(
+            self.queue.finish_attempt,
             run.id,
-            outcome=status if outcome.ending is Ending.COMPLETED else outcome.ending.value,
-            session_id=outcome.session_id,
-            num_turns=outcome.num_turns,
-            input_tokens=outcome.input_tokens,
-            output_tokens=outcome.output_tokens,
-            cost_usd=outcome.cost_usd,
-            model=outcome.model or state.model,
-            error=outcome.message or None,
-        )
-        if claim.id in self._lost:
-            self.view.finished(state, "lost", "lease lost; another supervisor owns it now")
-            return
-        final = await self._release(
+            run_fields,
             claim,
             status,
             notes,
+            cost_usd=outcome.cost_usd,
+            model=model,
             count_attempt=count,
-            cost=outcome.cost_usd,
-            model=outcome.model or state.model,
             give_up=give_up,
+            release=not lost,
         )
-        await self._db(self.queue.release_all, claim.agent_id)
+        if result is None:
+            why = "lease lost; another supervisor owns it now"
+            self.view.finished(state, "lost", why if lost else f"result discarded: {why}")
+            return
+        final = result.status
         self._after_infrastructure(outcome, state.started)
         shown = final or status
         if status == "failed" and final == "pending":

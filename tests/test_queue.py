@@ -104,6 +104,40 @@ def test_same_owner_cannot_release_with_an_old_token(queue: FeatureQueue) -> Non
     assert second.lease_token == first.lease_token + 1
 
 
+def test_finishing_an_attempt_records_releases_and_unlocks_in_one_step(queue: FeatureQueue) -> None:
+    queue.import_specs([spec("a"), spec("b", "a")])
+    (claim,) = queue.claim(1, "sup")
+    context, previous, run = queue.begin_attempt(claim, "sonnet", lambda n: f"logs/a-{n}.jsonl")
+    assert (context["name"], previous, run.attempt, run.transcript_path) == ("a", [], 1, "logs/a-1.jsonl")
+    queue.claim_file("src/a.py", claim.agent_id, claim.id)
+
+    result = queue.finish_attempt(run.id, {"outcome": "passing", "num_turns": 4}, claim, "passing", "built")
+
+    assert result is not None and result.status == "passing"
+    assert (queue.runs(claim.id)[0].outcome, queue.runs(claim.id)[0].num_turns) == ("passing", 4)
+    assert queue.file_locks() == []
+    assert [c.name for c in queue.claim(1, "sup")] == ["b"]
+
+
+def test_finishing_an_attempt_whose_lease_moved_on_settles_the_run_but_not_the_feature(
+    queue: FeatureQueue,
+) -> None:
+    queue.import_specs([spec("a")])
+    (old,) = queue.claim(1, "sup-old")
+    _, _, run = queue.begin_attempt(old, "sonnet", lambda n: f"a-{n}")
+    queue.claim_file("src/a.py", old.agent_id, old.id)
+    queue.db.run(lambda s: s.execute(update(Feature).values(lease_expires_at=Feature.claimed_at)))
+    queue.reap_expired()
+    (new,) = queue.claim(1, "sup-new")
+
+    assert queue.finish_attempt(run.id, {"outcome": "passing"}, old, "passing", "stale") is None
+
+    assert status_of(queue)["a"] == "claimed"
+    assert queue.status_report().features[0].owner == "sup-new"
+    assert queue.file_locks() == []
+    assert new.lease_token == old.lease_token + 1
+
+
 def test_failed_attempts_return_to_pending_until_max_attempts(queue: FeatureQueue) -> None:
     queue.import_specs([spec("flaky", max_attempts=2), spec("after", "flaky")])
     (c1,) = queue.claim(1, "sup")
