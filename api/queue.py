@@ -430,31 +430,33 @@ class FeatureQueue:
             )
             session.execute(delete(FileLock).where(FileLock.feature_id.in_(ids)))
             # Their owner will not finish these attempts (it died): close them, or `logs` shows them running forever.
-            session.execute(
-                update(AgentRun)
-                .where(AgentRun.agent_id.in_([v.agent_id for v in victims if v.agent_id]), AgentRun.ended_at.is_(None))
-                .values(ended_at=now, outcome="expired", error="the lease expired: its supervisor stopped renewing it")
-                .execution_options(synchronize_session=False)
-            )
+            agents = [v.agent_id for v in victims]
+            _close_runs(session, agents, now, "expired", "the lease expired: its supervisor stopped renewing it")
             _log(session, [("reaped", v.id, v.owner, None) for v in victims])
             return ids
 
         return self.db.run(work)
 
     def give_back_all(self, owner: str) -> list[int]:
-        """Return every claim of ``owner`` to ``pending`` without using attempts (graceful shutdown)."""
+        """Return every claim of ``owner`` to ``pending`` without using attempts (graceful shutdown).
+
+        Attempts still open on them (their session never reached its end) are closed as ``interrupted``.
+        """
 
         def work(session: Session) -> list[int]:
             now = utcnow()
+            held = and_(Feature.owner == owner, Feature.status == Status.CLAIMED.value)
+            agents = session.scalars(select(Feature.agent_id).where(held)).all()
             ids = session.scalars(
                 update(Feature)
-                .where(Feature.owner == owner, Feature.status == Status.CLAIMED.value)
+                .where(held)
                 .values(status=Status.PENDING.value, owner=None, agent_id=None, lease_expires_at=None, updated_at=now)
                 .returning(Feature.id)
                 .execution_options(synchronize_session=False)
             ).all()
             if ids:
                 session.execute(delete(FileLock).where(FileLock.feature_id.in_(ids)))
+                _close_runs(session, agents, now, "interrupted", "the supervisor stopped before this attempt ended")
                 _log(session, [("given_back", fid, owner, None) for fid in ids])
             return list(ids)
 
@@ -758,6 +760,16 @@ def _feature_context(session: Session, feature_id: int) -> dict[str, Any]:
         "notes": row.notes,
         "dependencies": [{"id": d.id, "name": d.name, "status": d.status, "notes": d.notes} for d in deps],
     }
+
+
+def _close_runs(session: Session, agent_ids: Iterable[str | None], now: datetime, outcome: str, error: str) -> None:
+    """End the still-open attempts of these agents (claims that ended without their session's verdict)."""
+    session.execute(
+        update(AgentRun)
+        .where(AgentRun.agent_id.in_([a for a in agent_ids if a]), AgentRun.ended_at.is_(None))
+        .values(ended_at=now, outcome=outcome, error=error)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _check_verdict(status: str) -> None:

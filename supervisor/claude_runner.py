@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+import claude_agent_sdk
 from claude_agent_sdk import (
     AssistantMessage,
     ClaudeAgentOptions,
@@ -44,6 +48,25 @@ WRITE_TOOLS = "Write|Edit|MultiEdit|NotebookEdit"
 _INTERRUPT_GRACE_S = 5.0
 SYNTHETIC_MODEL = "<synthetic>"  # what the CLI names the model of its own error messages
 
+# Stands in for the `claude` executable: asks Linux to send the CLI SIGTERM when the supervisor
+# dies (PR_SET_PDEATHSIG survives exec), then becomes the CLI. Without it, a supervisor killed
+# with SIGKILL leaves its CLIs working on as orphans until their turn ends (measured: stdin EOF
+# is only read between turns), calling the model and writing files for features whose leases
+# pass to another supervisor. SIGTERM, not SIGKILL: the CLI then stops its own MCP server and
+# Bash commands. The signal comes when the thread that started the CLI exits: the SDK starts it
+# from the event loop's thread, which lives as long as the supervisor.
+_GUARD_SCRIPT = """#!{python} -I
+# Written by agent-manager (supervisor/claude_runner.py): runs the claude CLI so that it dies with its supervisor.
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+if str(os.getppid()) != os.environ.pop("AGENT_MANAGER_SUPERVISOR_PID", str(os.getppid())):
+    sys.exit("agent-manager: the supervisor exited before its claude CLI started")
+cli = os.environ.pop("AGENT_MANAGER_CLAUDE_CLI")
+os.execv(cli, [cli, *sys.argv[1:]])
+"""
+# prctl is Linux's; a shebang line cannot hold spaces and is cut at 127 bytes on older kernels.
+_GUARD_WORKS = sys.platform.startswith("linux") and " " not in sys.executable and len(sys.executable) < 120
+
 
 def mcp_tool_names() -> list[str]:
     return [f"mcp__{MCP_SERVER_NAME}__{name}" for name in AGENT_MCP_TOOLS]
@@ -64,6 +87,7 @@ class _Progress:
     output_tokens: int = 0
     model: str | None = None
     reminders: int = 0
+    messages: int = 0  # received from the CLI: once there are some, it started
     result: ResultMessage | None = None
     retry_after_s: float | None = None  # the CLI's last retry delay (it honours retry-after)
 
@@ -81,6 +105,20 @@ class ClaudeRunner:
         self.setting_sources = list(setting_sources)
         self.extra_env = dict(extra_env or {})
         self.cli_path = cli_path
+        self._guards: dict[Path, str | None] = {}
+
+    def _real_cli(self) -> str | None:
+        """The executable the SDK would start; None if there is none (the SDK then reports it)."""
+        if self.cli_path:
+            return shutil.which(self.cli_path)
+        bundled = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
+        return str(bundled) if bundled.is_file() else shutil.which("claude")
+
+    def _guard(self, directory: Path) -> str | None:
+        """The guard script in ``directory`` (written once per run), or None where it cannot work."""
+        if directory not in self._guards:
+            self._guards[directory] = _write_guard(directory) if _GUARD_WORKS else None
+        return self._guards[directory]
 
     def options(self, task: AgentTask, hook: Callable[..., Any]) -> ClaudeAgentOptions:
         env = {
@@ -93,6 +131,11 @@ class ClaudeRunner:
             **task.env,
         }
         mcp_env = {**task.mcp_env, "PYTHONPATH": str(REPO_ROOT)}
+        cli_path, real_cli = self.cli_path, self._real_cli()
+        guard = self._guard(task.transcript_path.parent) if real_cli else None
+        if guard is not None:
+            cli_path = guard
+            env.update(AGENT_MANAGER_CLAUDE_CLI=real_cli, AGENT_MANAGER_SUPERVISOR_PID=str(os.getpid()))
         return ClaudeAgentOptions(
             cwd=str(task.cwd),
             model=task.model,
@@ -120,7 +163,7 @@ class ClaudeRunner:
                     HookMatcher(matcher="Bash", hooks=[hook]),
                 ]
             },
-            cli_path=self.cli_path,
+            cli_path=cli_path,
         )
 
     async def run(self, task: AgentTask, on_activity: Callable[[ActivityEvent], None]) -> AgentOutcome:
@@ -152,10 +195,13 @@ class ClaudeRunner:
             except ResultError as exc:
                 return _from_result_error(progress, exc)
             except ProcessError as exc:
-                return _outcome(progress, Ending.AGENT_ERROR, f"the claude process failed: {_first_line(exc)}")
+                return _outcome(progress, Ending.AGENT_ERROR, _process_failure(exc))
             except CLIConnectionError as exc:
-                if progress.result is not None:
+                if progress.result is not None and progress.result.is_error:
                     return _classify(progress, progress.result)
+                if progress.messages:
+                    # It was running: the process went away under the session (killed, crashed).
+                    return _outcome(progress, Ending.AGENT_ERROR, f"the claude process died: {_first_line(exc)}")
                 return _outcome(progress, Ending.SETUP_ERROR, f"cannot start the claude CLI: {_first_line(exc)}")
             finally:
                 _write(transcript, "end", dataclasses.asdict(progress) | {"result": None})
@@ -197,6 +243,7 @@ class ClaudeRunner:
                 if wait < task.stall_s:
                     raise _Timeout(Ending.TIMEOUT, f"timed out after {task.timeout_s:g} s") from None
                 raise _Timeout(Ending.STALLED, f"stalled: no message for {task.stall_s:g} s") from None
+            progress.messages += 1
             _write(transcript, type(message).__name__, _jsonable(message))
             session_id = getattr(message, "session_id", None) or (getattr(message, "data", None) or {}).get(
                 "session_id"
@@ -285,6 +332,32 @@ def _outcome(progress: _Progress, ending: Ending, message: str = "", status: int
         api_error_status=status,
         retry_after_s=progress.retry_after_s,
     )
+
+
+def _write_guard(directory: Path) -> str | None:
+    path, script = directory / "claude-guard", _GUARD_SCRIPT.format(python=sys.executable)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if not path.is_file() or path.read_text(encoding="utf-8") != script:
+            # Atomic: another supervisor on the same project may be starting a CLI through it.
+            scratch = directory / f".claude-guard.{os.getpid()}"
+            scratch.write_text(script, encoding="utf-8")
+            scratch.chmod(0o755)
+            os.replace(scratch, path)
+    except OSError:
+        return None
+    return str(path) if os.access(path, os.X_OK) else None  # X_OK is refused on a noexec mount
+
+
+def _process_failure(exc: ProcessError) -> str:
+    code = exc.exit_code
+    if code is not None and code < 0:  # killed by a signal: the OOM killer, a user, a crash
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"the claude process died (killed by {name})"
+    return f"the claude process failed: {_first_line(exc)}"
 
 
 async def _interrupt(client: ClaudeSDKClient) -> None:

@@ -136,6 +136,7 @@ class Supervisor:
         return summary
 
     async def _dispatch(self) -> None:
+        settled = False  # the queue showed no claim at all, and a claim made after that found nothing
         while not self._stopping and self._fatal is None:
             self._wake.clear()
             paused_for = self._paused_until - time.monotonic()
@@ -152,9 +153,15 @@ class Supervisor:
                 # supervisor still holds features whose success would unblock more.
                 report = await self._db(self.queue.status_report)
                 if not report.counts.get("claimed"):
-                    return
+                    if settled:
+                        return
+                    # Claim once more first: a release or a reap may have landed after the last claim read.
+                    settled = True
+                    continue
+                settled = False
                 await self._sleep_or_wake(self.options.idle_poll_seconds)
                 continue
+            settled = False
             if claimed and len(self._tasks) < self.limit:
                 continue  # more may be ready right away
             await self._sleep_or_wake(paused_for if paused_for > 0 else None)

@@ -23,7 +23,14 @@ RUN_TIMEOUT_S = 240
 class Run:
     """A project directory, a scripted model server, and the CLI pointed at both."""
 
-    def __init__(self, tmp_path: Path, brain: Callable[[Request], Reply], features: list[dict], config: str) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        brain: Callable[[Request], Reply],
+        features: list[dict],
+        config: str,
+        database_url: str | None = None,
+    ) -> None:
         self.project = tmp_path / "project"
         (self.project / ".agent-manager").mkdir(parents=True)
         (self.project / "features.json").write_text(json.dumps(features, indent=2), encoding="utf-8")
@@ -33,10 +40,13 @@ class Run:
         # One retry inside the CLI, so API failures reach the supervisor in about a second.
         env.update(isolated_cli_env(self.server.base_url, tmp_path / "cli", CLAUDE_CODE_MAX_RETRIES="1"))
         self.env = env
-        self.db_url = f"sqlite:///{self.project / '.agent-manager' / 'features.db'}"
+        # None: the CLI's default, a SQLite file in the project; else passed with --database-url.
+        self.database_url = database_url
+        self.db_url = database_url or f"sqlite:///{self.project / '.agent-manager' / 'features.db'}"
 
     def command(self, *args: str) -> list[str]:
-        return [sys.executable, str(REPO / "agent_manager.py"), *args, "--project-dir", str(self.project)]
+        database = ["--database-url", self.database_url] if self.database_url else []
+        return [sys.executable, str(REPO / "agent_manager.py"), *args, "--project-dir", str(self.project), *database]
 
     def supervise(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -64,17 +74,25 @@ class Run:
 
 
 def config(**overrides: Any) -> str:
-    """A config.toml with small limits, so failure paths finish in seconds."""
+    """A config.toml with small limits, so failure paths finish in seconds; a dict value is a table."""
     values = {"stall_seconds": 60, "backoff_initial_seconds": 0.5, "backoff_max_seconds": 2, **overrides}
-    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+    scalars = "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items() if not isinstance(v, dict))
+    tables = "".join(
+        f"\n[{k}]\n" + "".join(f"{json.dumps(key)} = {json.dumps(value)}\n" for key, value in v.items())
+        for k, v in values.items()
+        if isinstance(v, dict)
+    )
+    return scalars + tables
 
 
 @pytest.fixture
 def make_run(tmp_path: Path) -> Iterator[Callable[..., Run]]:
     runs: list[Run] = []
 
-    def make(brain: Callable[[Request], Reply], features: list[dict], **overrides: Any) -> Run:
-        run = Run(tmp_path / f"run{len(runs)}", brain, features, config(**overrides))
+    def make(
+        brain: Callable[[Request], Reply], features: list[dict], database_url: str | None = None, **overrides: Any
+    ) -> Run:
+        run = Run(tmp_path / f"run{len(runs)}", brain, features, config(**overrides), database_url)
         runs.append(run)
         return run
 
