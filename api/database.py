@@ -71,7 +71,9 @@ class Database:
                 pool_pre_ping=True,
                 pool_size=pool_size,
                 max_overflow=pool_size,
-                connect_args={"connect_timeout": 10},
+                # psycopg prepares repeated statements; a generic plan for the claim query ignores
+                # how few rows are ready and scans the backlog, so plan each execution afresh.
+                connect_args={"connect_timeout": 10, "options": "-c plan_cache_mode=force_custom_plan"},
             )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self.engine.execution_options(read_only=True), expire_on_commit=False)

@@ -950,7 +950,14 @@ def _import(session: Session, specs: list[FeatureSpec], is_sqlite: bool) -> Impo
         .where(FeatureDependency.feature_id == Feature.id, dep.status != Status.PASSING.value)
         .scalar_subquery()
     )
-    session.execute(update(Feature).values(unmet_deps=unmet).execution_options(synchronize_session=False))
+    # Only rewired features can change: an import changes edges, never a dependency's status.
+    for start in range(0, len(rewired_ids), 5000):
+        session.execute(
+            update(Feature)
+            .where(Feature.id.in_(rewired_ids[start : start + 5000]))
+            .values(unmet_deps=unmet)
+            .execution_options(synchronize_session=False)
+        )
 
     in_file = {s.name for s in specs}
     report = ImportReport(

@@ -346,6 +346,16 @@ def test_import_may_depend_on_features_already_in_the_database(queue: FeatureQue
     assert names(queue.claim(1, "sup")) == ["extra"]
 
 
+def test_reimport_that_rewires_dependencies_changes_what_is_ready(queue: FeatureQueue) -> None:
+    queue.import_specs([spec("done"), spec("open"), spec("x", "open"), spec("y", "done")])
+    (c,) = [c for c in queue.claim(5, "sup") if c.name == "done"]
+    queue.release(c.id, "sup", c.lease_token, "passing")
+    queue.give_back_all("sup")
+    # x now waits only on a passing feature; y gains an unfinished one.
+    queue.import_specs([spec("done"), spec("open"), spec("x", "done"), spec("y", "done", "open")])
+    assert sorted(names(queue.claim(5, "sup"))) == ["open", "x"]
+
+
 def test_status_json_has_the_documented_shape(queue: FeatureQueue) -> None:
     queue.import_specs([spec("a", category="backend"), spec("b", "a", category="testing", model="haiku")])
     doc = queue.status_report().to_json()
