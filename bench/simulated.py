@@ -8,6 +8,7 @@ queue and threads, as the MCP server is a separate process) and returns when the
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -115,6 +116,7 @@ def run_supervisor(
         policy=AgentPolicy(),
     )
     supervisor = Supervisor(queue, runner, options, view)
+    gc.freeze()  # as `agent-manager run` does before it starts supervising
 
     async def main() -> tuple[float, RunSummary]:
         t0 = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -120,6 +121,9 @@ def cmd_run(settings: Settings) -> int:
         max_cost_usd=settings.max_cost,
     )
     supervisor = Supervisor(queue, ClaudeRunner(), options, make_view())
+    # Modules, mappers and compiled statements live as long as the process: keeping them out of
+    # the collector's full scans shortens its pauses, which landed on dispatches (50-95 ms).
+    gc.freeze()
     summary = asyncio.run(supervisor.run())
     if summary.stop_reason and summary.exit_code != 130:
         print(f"agent-manager: error: {summary.stop_reason}", file=sys.stderr)
