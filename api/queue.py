@@ -905,7 +905,14 @@ def _import(session: Session, specs: list[FeatureSpec], is_sqlite: bool) -> Impo
         raise FeaturesFileError(f"dependency cycle {' -> '.join(map(repr, cycle))}", tuple(dict.fromkeys(cycle)))
 
     now = utcnow()
+    lengths = dag.critical_path_lengths(graph)
+    # Readiness is counted here, not in SQL: an import changes edges, never a status, and the
+    # statuses read above cannot move under us (the write lock on SQLite, the table lock on
+    # PostgreSQL). A correlated UPDATE took 7.6 s for 10,000 new rows on PostgreSQL.
+    passed = {name for name, row in existing.items() if row.status == Status.PASSING.value}
+    unmet = {s.name: sum(d not in passed for d in s.depends_on) for s in rewire}
     if added:
+        # New rows carry their rank and readiness from the start.
         session.execute(
             insert(Feature),
             [
@@ -915,6 +922,9 @@ def _import(session: Session, specs: list[FeatureSpec], is_sqlite: bool) -> Impo
                     "status": Status.PENDING.value,
                     "created_at": now,
                     "updated_at": now,
+                    "critical_path": lengths[s.name],
+                    "claim_order": dag.claim_order(lengths[s.name], s.priority),
+                    "unmet_deps": unmet[s.name],
                     **{f: getattr(s, f) for f in _SPEC_FIELDS},
                 }
                 for s in added
@@ -928,36 +938,21 @@ def _import(session: Session, specs: list[FeatureSpec], is_sqlite: bool) -> Impo
         if pairs:
             session.execute(insert(FeatureDependency), pairs)
 
-    lengths = dag.critical_path_lengths(graph)
-    priorities = dict(session.execute(select(Feature.name, Feature.priority)).all())
-    current = {
-        r.name: (r.critical_path, r.claim_order)
-        for r in session.execute(select(Feature.name, Feature.critical_path, Feature.claim_order))
+    fresh = {s.name for s in added}
+    changes: dict[str, dict[str, Any]] = {
+        name: {"id": ids[name], "unmet_deps": count} for name, count in unmet.items() if name not in fresh
     }
-    changes = []
-    for name, length in lengths.items():
-        order = dag.claim_order(length, priorities[name])
-        if current[name] != (length, order):
-            changes.append({"id": ids[name], "critical_path": length, "claim_order": order})
-    if changes:
-        session.execute(update(Feature), changes)
-
-    dep = aliased(Feature)
-    unmet = (
-        select(func.count())
-        .select_from(FeatureDependency)
-        .join(dep, dep.id == FeatureDependency.depends_on_id)
-        .where(FeatureDependency.feature_id == Feature.id, dep.status != Status.PASSING.value)
-        .scalar_subquery()
-    )
-    # Only rewired features can change: an import changes edges, never a dependency's status.
-    for start in range(0, len(rewired_ids), 5000):
-        session.execute(
-            update(Feature)
-            .where(Feature.id.in_(rewired_ids[start : start + 5000]))
-            .values(unmet_deps=unmet)
-            .execution_options(synchronize_session=False)
-        )
+    for row in session.execute(select(Feature.name, Feature.priority, Feature.critical_path, Feature.claim_order)):
+        length = lengths[row.name]
+        order = dag.claim_order(length, row.priority)
+        if (row.critical_path, row.claim_order) != (length, order):
+            changes.setdefault(row.name, {"id": ids[row.name]}).update(critical_path=length, claim_order=order)
+    # Bulk UPDATE by primary key wants the same keys in every row: group by the keys present.
+    by_keys: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for change in changes.values():
+        by_keys.setdefault(tuple(sorted(change)), []).append(change)
+    for rows in by_keys.values():
+        session.execute(update(Feature), rows)
 
     in_file = {s.name for s in specs}
     report = ImportReport(

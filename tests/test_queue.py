@@ -356,6 +356,12 @@ def test_reimport_that_rewires_dependencies_changes_what_is_ready(queue: Feature
     assert sorted(names(queue.claim(5, "sup"))) == ["open", "x"]
 
 
+def test_reimport_with_a_new_priority_changes_the_claim_order(queue: FeatureQueue) -> None:
+    queue.import_specs([spec("a", priority=5), spec("b")])
+    queue.import_specs([spec("a", priority=5), spec("b", priority=9)])
+    assert names(queue.claim(1, "sup")) == ["b"]
+
+
 def test_status_json_has_the_documented_shape(queue: FeatureQueue) -> None:
     queue.import_specs([spec("a", category="backend"), spec("b", "a", category="testing", model="haiku")])
     doc = queue.status_report().to_json()
