@@ -27,34 +27,62 @@ def console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=200, no_color=True)
 
 
+_STATUS_COLUMNS = (
+    ("id", "right"),
+    ("name", "left"),
+    ("category", "left"),
+    ("status", "left"),
+    ("attempts", "right"),
+    ("model", "left"),
+    ("cost", "right"),
+)
+RICH_TABLE_LIMIT = 500  # rich lays out ~1,500 rows a second: past this, plain aligned columns
+
+
 def print_status(report: StatusReport) -> None:
     out = console()
     if not report.features:
         out.print("no features yet: run `agent-manager import --project-dir DIR`")
         return
-    table = Table(show_lines=False)
-    for column, justify in (
-        ("id", "right"),
-        ("name", "left"),
-        ("category", "left"),
-        ("status", "left"),
-        ("attempts", "right"),
-        ("model", "left"),
-        ("cost", "right"),
-    ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for f in report.features:
-        table.add_row(
+    rows = [
+        (
             str(f.id),
             f.name,
             f.category or "-",
-            f"[{STATUS_STYLE.get(f.status, 'white')}]{f.status}[/]",
+            f.status,
             str(f.attempts),
             f.model or "-",
             f"${f.cost_usd:.4f}",
         )
-    out.print(table)
+        for f in report.features
+    ]
+    if len(rows) > RICH_TABLE_LIMIT:
+        _print_plain_table(rows)
+    else:
+        table = Table(show_lines=False)
+        for column, justify in _STATUS_COLUMNS:
+            table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        for row in rows:
+            status = row[3]
+            table.add_row(*row[:3], f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]", *row[4:])
+        out.print(table)
     out.print("  ".join(f"{status}: {n}" for status, n in sorted(report.counts.items())))
+
+
+def _print_plain_table(rows: list[tuple[str, ...]]) -> None:
+    header = tuple(column for column, _ in _STATUS_COLUMNS)
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.rjust(w) if justify == "right" else c.ljust(w)
+            for c, w, (_, justify) in zip(cells, widths, _STATUS_COLUMNS, strict=True)
+        ).rstrip()
+
+    out = [line(header), "  ".join("-" * w for w in widths)]
+    out.extend(line(r) for r in rows)
+    sys.stdout.write("\n".join(out) + "\n")
+    sys.stdout.flush()
 
 
 def print_import(report: ImportReport, source: Path) -> None:

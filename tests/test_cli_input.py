@@ -155,6 +155,26 @@ def test_status_table_shows_the_features(project: Path, capsys: pytest.CaptureFi
     assert "schema" in out and "database" in out and "pending: 2" in out
 
 
+def test_a_large_status_table_lists_every_feature_in_aligned_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n = 600  # past the rich table's limit
+    features = [
+        {"name": f"f{i:03d}", "category": "backend", "depends_on": [f"f{i - 1:03d}"] if i else []} for i in range(n)
+    ]
+    (tmp_path / "features.json").write_bytes(j(features))
+    main(["import", "--project-dir", str(tmp_path)])
+    capsys.readouterr()
+    assert main(["status", "--project-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["id", "name", "category", "status", "attempts", "model", "cost"]
+    rows = [line.split() for line in lines[2:-1]]
+    assert [r[1] for r in rows] == [f["name"] for f in features]
+    assert {r[3] for r in rows} == {"pending"}
+    assert len({line.index("pending") for line in lines[2:-1]}) == 1  # one status column
+    assert lines[-1] == f"pending: {n}"
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
