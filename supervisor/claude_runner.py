@@ -29,6 +29,10 @@ from claude_agent_sdk import (
     ToolUseBlock,
 )
 
+from api.database import Database
+from api.queue import FeatureQueue
+from mcp_server import Identity
+from mcp_server.server import build_server
 from supervisor.prompts import REMINDER, SYSTEM_APPEND
 from supervisor.runner import ActivityEvent, AgentOutcome, AgentTask, Ending
 
@@ -106,6 +110,7 @@ class ClaudeRunner:
         self.extra_env = dict(extra_env or {})
         self.cli_path = cli_path
         self._guards: dict[Path, str | None] = {}
+        self._mcp_queues: dict[tuple[str, Path, float], FeatureQueue] = {}
 
     def _real_cli(self) -> str | None:
         """The executable the SDK would start; None if there is none (the SDK then reports it)."""
@@ -120,6 +125,33 @@ class ClaudeRunner:
             self._guards[directory] = _write_guard(directory) if _GUARD_WORKS else None
         return self._guards[directory]
 
+    def _mcp_server(self, task: AgentTask) -> dict[str, Any]:
+        """The coordination MCP server for this session: in this process, or `python -m mcp_server`."""
+        if task.mcp_transport == "stdio":
+            env = {**task.mcp_env, "PYTHONPATH": str(REPO_ROOT)}
+            return {"type": "stdio", "command": sys.executable, "args": ["-m", "mcp_server"], "env": env}
+        identity = Identity.from_env(task.mcp_env)
+        server = build_server(self._mcp_queue, identity=identity)
+        # The SDK serves any low-level mcp Server over an in-memory transport, lifespan included;
+        # MCPServer keeps its own as _lowlevel_server (no public accessor in mcp 2.x).
+        return {"type": "sdk", "name": MCP_SERVER_NAME, "instance": server._lowlevel_server}
+
+    def _mcp_queue(self, identity: Identity) -> FeatureQueue:
+        """One queue per database for every in-process server: sessions share its connection pool."""
+        key = (identity.database_url, identity.project_dir, identity.lease_seconds)
+        if key not in self._mcp_queues:
+            db = Database(identity.database_url, pool_size=10)
+            self._mcp_queues[key] = FeatureQueue(
+                db, project_dir=identity.project_dir, lease_seconds=identity.lease_seconds
+            )
+        return self._mcp_queues[key]
+
+    def close(self) -> None:
+        """Close the in-process MCP servers' database connections."""
+        for queue in self._mcp_queues.values():
+            queue.db.dispose()
+        self._mcp_queues.clear()
+
     def options(self, task: AgentTask, hook: Callable[..., Any]) -> ClaudeAgentOptions:
         env = {
             # Nothing but the model endpoint needs to be reachable.
@@ -130,7 +162,6 @@ class ClaudeRunner:
             **self.extra_env,
             **task.env,
         }
-        mcp_env = {**task.mcp_env, "PYTHONPATH": str(REPO_ROOT)}
         cli_path, real_cli = self.cli_path, self._real_cli()
         guard = self._guard(task.transcript_path.parent) if real_cli else None
         if guard is not None:
@@ -144,14 +175,7 @@ class ClaudeRunner:
             tools=list(BUILTIN_TOOLS),
             allowed_tools=[*BUILTIN_TOOLS, *mcp_tool_names()],
             system_prompt={"type": "preset", "preset": "claude_code", "append": SYSTEM_APPEND},
-            mcp_servers={
-                MCP_SERVER_NAME: {
-                    "type": "stdio",
-                    "command": sys.executable,
-                    "args": ["-m", "mcp_server"],
-                    "env": mcp_env,
-                }
-            },
+            mcp_servers={MCP_SERVER_NAME: self._mcp_server(task)},
             max_turns=task.max_turns,
             max_budget_usd=task.max_budget_usd,
             resume=task.resume_session_id,

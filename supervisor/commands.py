@@ -120,11 +120,15 @@ def cmd_run(settings: Settings) -> int:
         policy=policy,
         max_cost_usd=settings.max_cost,
     )
-    supervisor = Supervisor(queue, ClaudeRunner(), options, make_view())
+    runner = ClaudeRunner()
+    supervisor = Supervisor(queue, runner, options, make_view())
     # Modules, mappers and compiled statements live as long as the process: keeping them out of
     # the collector's full scans shortens its pauses, which landed on dispatches (50-95 ms).
     gc.freeze()
-    summary = asyncio.run(supervisor.run())
+    try:
+        summary = asyncio.run(supervisor.run())
+    finally:
+        runner.close()
     if summary.stop_reason and summary.exit_code != 130:
         print(f"agent-manager: error: {summary.stop_reason}", file=sys.stderr)
     return summary.exit_code

@@ -330,6 +330,7 @@ class Supervisor:
             guard_bash=guard_bash,
             on_session=on_session,
             env={"CLAUDE_CONFIG_DIR": str(feature_config_dir(self.options.state_dir, claim.id))},
+            mcp_transport=policy.mcp_server,
         )
 
     async def _run_session(self, claim: ClaimedFeature, state: AgentState, task: AgentTask) -> AgentOutcome:

@@ -18,6 +18,7 @@ from api.features_file import MODEL_RE
 from supervisor.sandbox import DEFAULT_BASH_DENY
 
 DEFAULT_MODELS = {"testing": "haiku", "documentation": "haiku"}
+MCP_TRANSPORTS = ("in-process", "stdio")
 DEFAULT_TIMEOUTS = {"haiku": 600.0, "sonnet": 1800.0, "opus": 3600.0}
 
 
@@ -38,6 +39,7 @@ class AgentPolicy:
     backoff_max_seconds: float = 120.0
     database_outage_seconds: float = 120.0  # the database unreachable this long: the run stops
     bash_deny: tuple[str, ...] = DEFAULT_BASH_DENY  # command prefixes the agents' Bash tool refuses
+    mcp_server: str = "in-process"  # or "stdio": a `python -m mcp_server` process per session
 
     def model_for(self, category: str, override: str | None = None) -> str:
         """The feature's own ``model`` wins, then its category's, then the default."""
@@ -48,9 +50,8 @@ class AgentPolicy:
         return self.timeouts.get(model) or self.timeouts.get(family or "", self.timeouts.get("sonnet", 1800.0))
 
 
-_SCALARS = {
-    f.name: f.type for f in dataclasses.fields(AgentPolicy) if f.name not in ("models", "timeouts", "bash_deny")
-}
+_TABLES = ("models", "timeouts", "bash_deny", "mcp_server")  # settings with their own checks
+_SCALARS = {f.name: f.type for f in dataclasses.fields(AgentPolicy) if f.name not in _TABLES}
 
 
 def load_policy(project_dir: Path) -> AgentPolicy:
@@ -85,10 +86,14 @@ def policy_from_mapping(data: Mapping[str, Any], source: str) -> AgentPolicy:
             if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
                 raise InputError(f'{source}: bash_deny must be a list of command prefixes such as "git push"')
             values["bash_deny"] = tuple(value)
+        elif name == "mcp_server":
+            if value not in MCP_TRANSPORTS:
+                raise InputError(f'{source}: mcp_server must be "in-process" or "stdio", got {value!r}')
+            values["mcp_server"] = value
         elif name in _SCALARS:
             values[name] = _scalar(name, value, source)
         else:
-            known = ", ".join(sorted([*_SCALARS, "models", "timeouts", "bash_deny"]))
+            known = ", ".join(sorted([*_SCALARS, *_TABLES]))
             raise InputError(f"{source}: unknown setting {key!r}; known: {known}")
     return AgentPolicy(**values)
 

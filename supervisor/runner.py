@@ -63,6 +63,8 @@ class AgentTask:
     # Called as soon as the session id is known.
     on_session: Callable[[str], Awaitable[None]] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # "in-process": the coordination MCP server runs in the supervisor; "stdio": a process per session.
+    mcp_transport: str = "in-process"
 
 
 @dataclass(frozen=True)

@@ -244,3 +244,29 @@ def test_a_run_without_any_credentials_is_one_line_exit_2_and_writes_nothing(
     assert main(["--project-dir", str(project)]) == 2
     assert "no Anthropic credentials: set ANTHROPIC_API_KEY" in one_error_line(capsys.readouterr().err)
     assert not (project / ".agent-manager").exists()
+
+
+BAD_CONFIGS = [
+    ("not-toml", "max_turns = = 3", "invalid TOML"),
+    ("unknown-key", "max_turn = 3", "unknown setting 'max_turn'"),
+    ("negative", "stall_seconds = -1", "stall_seconds must be a non-negative number"),
+    ("not-an-int", "max_attempts = 2.5", "max_attempts must be an integer"),
+    ("bad-model", "default_model = 'gpt 4'", "default_model must be haiku, sonnet, opus or a model id"),
+    ("models-not-table", "models = 'haiku'", "[models] must be a table"),
+    ("timeouts-bad", "[timeouts]\nhaiku = 0", "[timeouts] must map model names to positive numbers"),
+    ("bash-deny-string", "bash_deny = 'sudo'", "bash_deny must be a list of command prefixes"),
+    ("mcp-transport", "mcp_server = 'http'", 'mcp_server must be "in-process" or "stdio"'),
+]
+
+
+@pytest.mark.parametrize("case,toml,fragment", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
+def test_a_bad_config_file_is_one_line_naming_the_file_and_setting_before_anything_runs(
+    project: Path, capsys: pytest.CaptureFixture[str], case: str, toml: str, fragment: str
+) -> None:
+    config = project / ".agent-manager" / "config.toml"
+    config.parent.mkdir()
+    config.write_text(toml + "\n", encoding="utf-8")
+    assert main(["--project-dir", str(project), "--max-agents", "2"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(config) in line and fragment in line
+    assert not (project / ".agent-manager" / "features.db").exists()

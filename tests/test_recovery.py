@@ -143,16 +143,18 @@ CRASH = [
 ]
 
 
+@pytest.mark.parametrize("transport", ["in-process", "stdio"])
 def test_a_supervisor_killed_mid_run_leaves_no_orphans_and_a_restart_finishes_every_feature_once(
-    make_run: Callable[..., Run], database_url: str | None
+    make_run: Callable[..., Run], database_url: str | None, transport: str
 ) -> None:
     holds = Holds(["alpha", "beta", "gamma"])
-    run = make_run(Agents(holds.hooks()), CRASH, database_url)
+    run = make_run(Agents(holds.hooks()), CRASH, database_url, mcp_server=transport)
     proc = run.start("--max-agents", "3", *LEASE)
     try:
         assert holds.wait_working(), "the agents never got to work"
         children = descendants(proc.pid)
-        assert len(clis(children)) == 3 and len(mcp_servers(children)) == 3, children
+        servers = 3 if transport == "stdio" else 0  # in-process: the tools run in the supervisor
+        assert len(clis(children)) == 3 and len(mcp_servers(children)) == servers, children
         assert len(run.queue().file_locks()) == 3
         proc.kill()
         proc.wait(30)
@@ -259,7 +261,7 @@ def test_a_killed_claude_process_is_a_failed_attempt_whose_retry_passes_with_its
 
     features = [{"name": "victim", "category": "backend"}, {"name": "bystander", "category": "backend"}]
     brain = Agents({"victim": victim})
-    run = make_run(brain, features)
+    run = make_run(brain, features, mcp_server="stdio")  # so the CLI has an MCP server child to take along
     proc = run.start("--max-agents", "2", *LEASE)
     try:
         assert working.wait(120), "the agent never got to work"
@@ -358,7 +360,8 @@ def test_an_api_outage_past_its_limit_stops_the_run_with_the_cause_and_keeps_eve
     assert all(f["attempts"] == 0 for f in report["features"])
     # Sessions still in flight when it gives up are stopped; none was judged an agent failure.
     outcomes = Counter(outcome for _, _, outcome, _ in runs_table(run))
-    assert outcomes["api_unavailable"] >= 2 and set(outcomes) <= {"api_unavailable", "interrupted"}, outcomes
+    # (How many sessions met the outage before the limit ran out depends on the machine's speed.)
+    assert outcomes["api_unavailable"] >= 1 and set(outcomes) <= {"api_unavailable", "interrupted"}, outcomes
     assert run.queue().file_locks() == []
 
 
