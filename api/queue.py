@@ -784,18 +784,37 @@ def _start_run(session: Session, claim: ClaimedFeature, model: str | None, trans
     if held is None:
         raise LeaseLostError(f"feature #{claim.id} is no longer held by {claim.owner}")
     number = session.scalar(select(func.count()).where(AgentRun.feature_id == claim.id)) + 1
-    run = AgentRun(
+    started = utcnow()
+    row = {
+        "feature_id": claim.id,
+        "attempt": number,
+        "owner": claim.owner,
+        "agent_id": claim.agent_id,
+        "model": model,
+        "transcript_path": transcript_path,
+        "started_at": started,
+    }
+    # Core, not session.add + flush: the unit of work cost about a millisecond per attempt.
+    run_id = session.execute(insert(AgentRun.__table__).values(row).returning(AgentRun.__table__.c.id)).scalar_one()
+    return RunRecord(
+        id=run_id,
         feature_id=claim.id,
         attempt=number,
-        owner=claim.owner,
         agent_id=claim.agent_id,
         model=model,
+        session_id=None,
+        outcome=None,
+        reported_status=None,
+        reported_notes=None,
+        num_turns=None,
+        input_tokens=None,
+        output_tokens=None,
+        cost_usd=None,
         transcript_path=transcript_path,
-        started_at=utcnow(),
+        error=None,
+        started_at=started,
+        ended_at=None,
     )
-    session.add(run)
-    session.flush()
-    return _run_record(run)
 
 
 def _runs(session: Session, feature_id: int) -> list[RunRecord]:
@@ -905,8 +924,9 @@ def _unblock_statements():  # noqa: ANN202
 def _log(session: Session, entries: list[tuple[str, int | None, str | None, dict | None]]) -> None:
     if entries:
         now = utcnow()
+        # A Core insert: the ORM's bulk path cost ~0.3 ms per call, and there is one per verb.
         session.execute(
-            insert(Event),
+            insert(Event.__table__),
             [{"ts": now, "kind": k, "feature_id": f, "owner": o, "detail": d} for k, f, o, d in entries],
         )
 
