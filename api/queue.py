@@ -784,7 +784,6 @@ def _start_run(session: Session, claim: ClaimedFeature, model: str | None, trans
     if held is None:
         raise LeaseLostError(f"feature #{claim.id} is no longer held by {claim.owner}")
     number = session.scalar(select(func.count()).where(AgentRun.feature_id == claim.id)) + 1
-    started = utcnow()
     row = {
         "feature_id": claim.id,
         "attempt": number,
@@ -792,29 +791,11 @@ def _start_run(session: Session, claim: ClaimedFeature, model: str | None, trans
         "agent_id": claim.agent_id,
         "model": model,
         "transcript_path": transcript_path,
-        "started_at": started,
+        "started_at": utcnow(),
     }
     # Core, not session.add + flush: the unit of work cost about a millisecond per attempt.
     run_id = session.execute(insert(AgentRun.__table__).values(row).returning(AgentRun.__table__.c.id)).scalar_one()
-    return RunRecord(
-        id=run_id,
-        feature_id=claim.id,
-        attempt=number,
-        agent_id=claim.agent_id,
-        model=model,
-        session_id=None,
-        outcome=None,
-        reported_status=None,
-        reported_notes=None,
-        num_turns=None,
-        input_tokens=None,
-        output_tokens=None,
-        cost_usd=None,
-        transcript_path=transcript_path,
-        error=None,
-        started_at=started,
-        ended_at=None,
-    )
+    return _run_record(AgentRun(id=run_id, **row))  # transient: its other columns read as None
 
 
 def _runs(session: Session, feature_id: int) -> list[RunRecord]:
@@ -1024,21 +1005,16 @@ def _import(session: Session, specs: list[FeatureSpec], is_sqlite: bool) -> Impo
         if pairs:
             session.execute(insert(FeatureDependency), pairs)
 
-    fresh = {s.name for s in added}
-    changes: dict[str, dict[str, Any]] = {
-        name: {"id": ids[name], "unmet_deps": count} for name, count in unmet.items() if name not in fresh
-    }
-    for row in session.execute(select(Feature.name, Feature.priority, Feature.critical_path, Feature.claim_order)):
+    # One pass over every row: the new ones already hold their values and drop out here.
+    changes = []
+    current = select(Feature.name, Feature.priority, Feature.critical_path, Feature.claim_order, Feature.unmet_deps)
+    for row in session.execute(current):
         length = lengths[row.name]
-        order = dag.claim_order(length, row.priority)
-        if (row.critical_path, row.claim_order) != (length, order):
-            changes.setdefault(row.name, {"id": ids[row.name]}).update(critical_path=length, claim_order=order)
-    # Bulk UPDATE by primary key wants the same keys in every row: group by the keys present.
-    by_keys: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for change in changes.values():
-        by_keys.setdefault(tuple(sorted(change)), []).append(change)
-    for rows in by_keys.values():
-        session.execute(update(Feature), rows)
+        order, waiting = dag.claim_order(length, row.priority), unmet.get(row.name, row.unmet_deps)
+        if (row.critical_path, row.claim_order, row.unmet_deps) != (length, order, waiting):
+            changes.append({"id": ids[row.name], "critical_path": length, "claim_order": order, "unmet_deps": waiting})
+    if changes:
+        session.execute(update(Feature), changes)
 
     in_file = {s.name for s in specs}
     report = ImportReport(
