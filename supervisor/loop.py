@@ -26,7 +26,7 @@ from supervisor.prompts import retry_prompt, task_prompt
 from supervisor.routing import AgentPolicy
 from supervisor.runner import INFRASTRUCTURE, ActivityEvent, AgentOutcome, AgentRunner, AgentTask, Ending, WriteDecision
 from supervisor.sandbox import denied_command
-from supervisor.verify import run_verify
+from api.verify import run_verify
 
 log = logging.getLogger("agent_manager.supervisor")
 T = TypeVar("T")

@@ -1,4 +1,5 @@
-"""Run a feature's ``verify`` command in its workspace; only exit 0 lets it pass."""
+"""Run a feature's ``verify`` command in its workspace; only exit 0 lets it pass (on every path: the
+supervisor, and the MCP server's feature_release for self-claimed features)."""
 
 from __future__ import annotations
 
