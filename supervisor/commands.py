@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -99,10 +100,19 @@ def _ignore_state_dir(settings: Settings) -> None:
         marker.write_text("# written by agent-manager: nothing in here belongs in git\n*\n", encoding="utf-8")
 
 
+def _log_to_file(settings: Settings) -> None:
+    """Library warnings (the SDK's, a runner's crash) go to a file: the terminal is for the view and one-line errors."""
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(settings.logs_dir / "supervisor.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+
+
 def cmd_run(settings: Settings) -> int:
     policy = load_policy(settings.project_dir)
     check_credentials()
     _ignore_state_dir(settings)
+    _log_to_file(settings)
     if settings.features_file.exists():
         import_features(settings)
     queue = open_queue(settings)
