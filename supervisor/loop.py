@@ -21,12 +21,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from api.errors import AgentManagerError, DatabaseError, LeaseLostError, PathOutsideProjectError
 from api.queue import ClaimedFeature, FeatureQueue, RunRecord
+from api.verify import run_verify
 from supervisor.cli_state import feature_config_dir
 from supervisor.prompts import retry_prompt, task_prompt
 from supervisor.routing import AgentPolicy
 from supervisor.runner import INFRASTRUCTURE, ActivityEvent, AgentOutcome, AgentRunner, AgentTask, Ending, WriteDecision
 from supervisor.sandbox import denied_command
-from api.verify import run_verify
 
 log = logging.getLogger("agent_manager.supervisor")
 T = TypeVar("T")
