@@ -11,7 +11,17 @@ from typing import Any
 from api.dag import PRIORITY_LIMIT, build_graph, find_cycle
 from api.errors import FeaturesFileError
 
+# Limits on what one file may hold: well past any real project, low enough that a wrong path
+# (/dev/zero, a log file) or a runaway generator is refused at once instead of filling memory.
+MAX_FILE_BYTES = 32 * 1024 * 1024
 MAX_NAME = 200
+MAX_DESCRIPTION = 100_000  # characters; it goes into the agent's prompt
+MAX_STEPS = 100
+MAX_STEP = 5_000
+MAX_VERIFY = 10_000
+MAX_CATEGORY = 100
+MAX_MODEL = 100
+MAX_DEPENDENCIES = 10_000
 MAX_ATTEMPTS_LIMIT = 100
 MAX_COST_LIMIT = 10_000.0
 MODEL_RE = re.compile(r"^(haiku|sonnet|opus|claude-[a-z0-9][a-z0-9.\-]*)$")
@@ -47,7 +57,8 @@ def load_features_file(path: Path, known_edges: dict[str, tuple[str, ...]] | Non
     may depend on them and cycles through them are caught. Raises FeaturesFileError.
     """
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)  # never more: the path may be /dev/zero
     except FileNotFoundError:
         raise FeaturesFileError(
             f"no features file at {path}: pass --features FILE or create one (see features.example.json)"
@@ -59,10 +70,19 @@ def load_features_file(path: Path, known_edges: dict[str, tuple[str, ...]] | Non
     return parse_features(raw, source=str(path), known_edges=known_edges)
 
 
+def _size_error(source: str) -> FeaturesFileError:
+    return FeaturesFileError(
+        f"{source}: larger than the {MAX_FILE_BYTES // (1024 * 1024)} MiB limit of a features file; "
+        "is it the right file? Split a real one into several imports"
+    )
+
+
 def parse_features(
     raw: bytes, *, source: str = "features.json", known_edges: dict[str, tuple[str, ...]] | None = None
 ) -> list[FeatureSpec]:
     """Validate the bytes of a features file; see load_features_file."""
+    if len(raw) > MAX_FILE_BYTES:
+        raise _size_error(source)
     data = _decode(raw, source)
     if isinstance(data, dict):
         if set(data) != {"features"}:
@@ -94,6 +114,8 @@ def _decode(raw: bytes, source: str) -> Any:
         raise FeaturesFileError(f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except ValueError as exc:
         raise FeaturesFileError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise FeaturesFileError(f"{source}: JSON nested too deeply; a feature is an object of plain fields") from None
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -136,12 +158,14 @@ def _feature(item: Any, index: int, source: str) -> FeatureSpec:
             f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(_FIELDS))}", (name,)
         )
 
-    def string(key: str, default: str | None) -> str | None:
+    def string(key: str, default: str | None, limit: int) -> str | None:
         value = item.get(key)
         if value is None:
             return default
         if not isinstance(value, str):
             raise FeaturesFileError(f'{where}: "{key}" must be a string, got {_json_type(value)}', (name,))
+        if len(value) > limit:
+            raise FeaturesFileError(f'{where}: "{key}" is {len(value):,} characters; the limit is {limit:,}', (name,))
         return value
 
     def integer(key: str, low: int, high: int) -> int | None:
@@ -168,31 +192,41 @@ def _feature(item: Any, index: int, source: str) -> FeatureSpec:
             )
         return float(value)
 
-    def strings(key: str) -> tuple[str, ...]:
+    def strings(key: str, count: int, limit: int) -> tuple[str, ...]:
         value = item.get(key)
         if value is None:
             return ()
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise FeaturesFileError(f'{where}: "{key}" must be a list of strings', (name,))
+        if len(value) > count:
+            raise FeaturesFileError(f'{where}: "{key}" has {len(value):,} entries; the limit is {count:,}', (name,))
+        longest = max(value, key=len, default="")
+        if len(longest) > limit:
+            raise FeaturesFileError(
+                f'{where}: "{key}" has an entry of {len(longest):,} characters ({longest[:40]!r}...); '
+                f"the limit is {limit:,}",
+                (name,),
+            )
         return tuple(value)
 
-    model = string("model", None)
+    model = string("model", None, MAX_MODEL)
     if model is not None and not MODEL_RE.match(model):
         raise FeaturesFileError(
             f'{where}: "model" must be haiku, sonnet, opus or a full model id like claude-sonnet-4-5, got {model!r}',
             (name,),
         )
-    verify = string("verify", None)
+    verify = string("verify", None, MAX_VERIFY)
     if verify is not None and not verify.strip():
         raise FeaturesFileError(f'{where}: "verify" is an empty command; remove it or give a command', (name,))
-    depends_on = tuple(dict.fromkeys(strings("depends_on")))  # repeated names collapse, order kept
+    # Repeated names collapse, order kept.
+    depends_on = tuple(dict.fromkeys(strings("depends_on", MAX_DEPENDENCIES, MAX_NAME)))
     return FeatureSpec(
         name=name,
-        description=string("description", "") or "",
-        category=(string("category", "") or "").strip().lower(),
+        description=string("description", "", MAX_DESCRIPTION) or "",
+        category=(string("category", "", MAX_CATEGORY) or "").strip().lower(),
         priority=integer("priority", -PRIORITY_LIMIT, PRIORITY_LIMIT) or 0,
         depends_on=depends_on,
-        steps=strings("steps"),
+        steps=strings("steps", MAX_STEPS, MAX_STEP),
         verify=verify,
         model=model,
         max_attempts=integer("max_attempts", 1, MAX_ATTEMPTS_LIMIT),
