@@ -9,6 +9,9 @@ from pathlib import Path
 from api.database import default_url
 from api.errors import InputError
 
+# A dead supervisor's work comes back after its lease: past a week that is surely a typo.
+MAX_LEASE_SECONDS = 7 * 24 * 3600
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -47,8 +50,8 @@ def make_settings(
     root = root.resolve()
     if max_agents < 1:
         raise InputError(f"--max-agents must be at least 1, got {max_agents}")
-    if lease_seconds < 3:
-        raise InputError(f"--lease-seconds must be at least 3, got {lease_seconds:g}")
+    if not (math.isfinite(lease_seconds) and 3 <= lease_seconds <= MAX_LEASE_SECONDS):
+        raise InputError(f"--lease-seconds must be between 3 and {MAX_LEASE_SECONDS} (a week), got {lease_seconds:g}")
     if max_cost is not None and not (math.isfinite(max_cost) and max_cost > 0):
         raise InputError(f"--max-cost must be a positive number of US dollars, got {max_cost:g}")
     features_file = Path(features).expanduser() if features else root / "features.json"

@@ -7,6 +7,7 @@ Defaults can be changed per project in ``DIR/.agent-manager/config.toml`` or in 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from api.errors import InputError
-from api.features_file import MODEL_RE
+from api.features_file import MAX_ATTEMPTS_LIMIT, MAX_COST_LIMIT, MODEL_RE
 from supervisor.sandbox import DEFAULT_BASH_DENY
 
 DEFAULT_MODELS = {"testing": "haiku", "documentation": "haiku"}
@@ -40,6 +41,7 @@ class AgentPolicy:
     database_outage_seconds: float = 120.0  # the database unreachable this long: the run stops
     bash_deny: tuple[str, ...] = DEFAULT_BASH_DENY  # command prefixes the agents' Bash tool refuses
     mcp_server: str = "in-process"  # or "stdio": a `python -m mcp_server` process per session
+    cli_path: str | None = None  # the `claude` executable; default: the one bundled with claude-agent-sdk
 
     def model_for(self, category: str, override: str | None = None) -> str:
         """The feature's own ``model`` wins, then its category's, then the default."""
@@ -50,7 +52,9 @@ class AgentPolicy:
         return self.timeouts.get(model) or self.timeouts.get(family or "", self.timeouts.get("sonnet", 1800.0))
 
 
-_TABLES = ("models", "timeouts", "bash_deny", "mcp_server")  # settings with their own checks
+MAX_SECONDS = 7 * 24 * 3600
+_INTEGERS = {"max_turns": (1, 10_000), "max_attempts": (1, MAX_ATTEMPTS_LIMIT), "reminders": (0, 20)}
+_TABLES = ("models", "timeouts", "bash_deny", "mcp_server", "cli_path")  # settings with their own checks
 _SCALARS = {f.name: f.type for f in dataclasses.fields(AgentPolicy) if f.name not in _TABLES}
 
 
@@ -72,6 +76,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: invalid TOML: {exc}") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a directory, expected a TOML file: remove or rename it") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    except RecursionError:
+        raise InputError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
 
 
 def policy_from_mapping(data: Mapping[str, Any], source: str) -> AgentPolicy:
@@ -90,12 +100,22 @@ def policy_from_mapping(data: Mapping[str, Any], source: str) -> AgentPolicy:
             if value not in MCP_TRANSPORTS:
                 raise InputError(f'{source}: mcp_server must be "in-process" or "stdio", got {value!r}')
             values["mcp_server"] = value
+        elif name == "cli_path":
+            if not isinstance(value, str) or not value.strip():
+                raise InputError(f"{source}: cli_path must be the path of a claude executable, got {value!r}")
+            values["cli_path"] = value
         elif name in _SCALARS:
             values[name] = _scalar(name, value, source)
         else:
             known = ", ".join(sorted([*_SCALARS, *_TABLES]))
             raise InputError(f"{source}: unknown setting {key!r}; known: {known}")
-    return AgentPolicy(**values)
+    policy = AgentPolicy(**values)
+    if policy.backoff_max_seconds < policy.backoff_initial_seconds:
+        raise InputError(
+            f"{source}: backoff_max_seconds ({policy.backoff_max_seconds:g}) must be at least "
+            f"backoff_initial_seconds ({policy.backoff_initial_seconds:g})"
+        )
+    return policy
 
 
 def _models(value: Any, source: str) -> dict[str, str]:
@@ -108,23 +128,49 @@ def _models(value: Any, source: str) -> dict[str, str]:
 
 
 def _numbers(value: Any, source: str, table: str) -> dict[str, float]:
-    if not isinstance(value, dict) or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value.values()
-    ):
-        raise InputError(f"{source}: [{table}] must map model names to positive numbers of seconds")
+    if not isinstance(value, dict) or not all(_is_seconds(v) for v in value.values()):
+        raise InputError(
+            f"{source}: [{table}] must map model names to numbers of seconds above 0 and at most {MAX_SECONDS} (a week)"
+        )
     return {k: float(v) for k, v in value.items()}
 
 
+def _is_number(value: Any) -> bool:
+    # TOML has inf and nan; neither is a usable limit.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_seconds(value: Any) -> bool:
+    return _is_number(value) and 0 < value <= MAX_SECONDS
+
+
 def _scalar(name: str, value: Any, source: str) -> Any:
-    kind = _SCALARS[name]
     if name in ("default_model", "fallback_model"):
         if not isinstance(value, str) or not MODEL_RE.match(value):
             raise InputError(f"{source}: {name} must be haiku, sonnet, opus or a model id, got {value!r}")
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise InputError(f"{source}: {name} must be a non-negative number, got {value!r}")
-    if "int" in str(kind) and "float" not in str(kind):
-        if not isinstance(value, int):
-            raise InputError(f"{source}: {name} must be an integer, got {value!r}")
+    if name in _INTEGERS:
+        low, high = _INTEGERS[name]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{source}: {name} must be an integer from {low} to {high}, got {value!r}")
+        if not low <= value <= high:
+            raise InputError(f"{source}: {name} must be from {low} to {high}, got {value!r}")
         return value
-    return float(value)
+    if name == "max_budget_usd":
+        if not (_is_number(value) and 0 < value <= MAX_COST_LIMIT):
+            raise InputError(
+                f"{source}: max_budget_usd must be a number of US dollars above 0 and at most {MAX_COST_LIMIT:g}, "
+                f"got {value!r}"
+            )
+        return float(value)
+    if name.endswith("_seconds"):
+        # 0 would fail every attempt (or never wait); past a week is surely a typo.
+        if not _is_seconds(value):
+            raise InputError(
+                f"{source}: {name} must be a number of seconds above 0 and at most {MAX_SECONDS} (a week), "
+                f"got {value!r}"
+            )
+        return float(value)
+    if not (_is_number(value) and value >= 0):
+        raise InputError(f"{source}: {name} must be a non-negative finite number, got {value!r}")
+    return value
