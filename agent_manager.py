@@ -7,6 +7,8 @@ Thin entry point: parse arguments, resolve settings, call the supervisor package
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -97,6 +99,8 @@ def _resolve(args: argparse.Namespace, options: dict) -> dict[str, Any]:
             values[dest] = kind(raw)
         except ValueError:
             raise InputError(f"{source} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+        if kind is float and not math.isfinite(values[dest]):
+            raise InputError(f"{source} must be a finite number, got {raw!r}")
     return values
 
 
@@ -120,14 +124,81 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; every failure ends as one line on stderr and an exit code, never a traceback."""
     try:
-        return run(argv)
+        code = run(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not at interpreter exit
+        return code
     except AgentManagerError as exc:
         print(f"agent-manager: error: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("agent-manager: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError as exc:
+        if not _stdout_reader_gone():
+            print(f"agent-manager: error: {_os_error_line(exc)}", file=sys.stderr)
+            return 2
+        # `logs ID | head`: the reader has what it wanted. Python's recipe: point stdout at
+        # devnull so the flush at exit cannot fail again, and end as a SIGPIPE death would.
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:
+        line = _os_error_line(exc)
+        _silence_stdout()  # so the flush at exit cannot fail again
+        print(f"agent-manager: error: {line}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the last resort: a bug still gets one line and a report
+        saved = _save_traceback()
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        print(f"agent-manager: internal error: {message} (traceback saved to {saved})", file=sys.stderr)
+        return 1
+
+
+EXIT_BROKEN_PIPE = 128 + 13  # 128 + SIGPIPE, as git and cat end
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EPIPE})
+
+
+def _stdout_reader_gone() -> bool:
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _fd, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # closed, or not a file (the tests' capture)
+        return True
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout already closed or not a file
+        pass
+
+
+def _os_error_line(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None:
+        target = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+        return f"{target}: {reason}"
+    # No file named: a write to an already open file, in practice the output (`> /dev/full`).
+    return f"cannot write: {reason}" if exc.errno in _WRITE_ERRNOS else reason
+
+
+def _save_traceback() -> str:
+    import tempfile
+    import traceback
+
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w", prefix="agent-manager-traceback-", suffix=".txt", delete=False, encoding="utf-8"
+        ) as out:
+            traceback.print_exc(file=out)
+            return out.name
+    except OSError:
+        return "nowhere: the temp directory is not writable"
 
 
 if __name__ == "__main__":

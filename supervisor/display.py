@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,17 @@ STATUS_STYLE = {
 }
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich would exit 1 here; the CLI's top-level handler ends a closed pipe (`logs ID | head`)
+        # quietly with 141, as it does for every other write.
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
 def console() -> Console:
     # Piped output keeps full rows instead of rich's 80-column default.
-    return Console() if sys.stdout.isatty() else Console(width=200, no_color=True)
+    return _Console() if sys.stdout.isatty() else _Console(width=200, no_color=True)
 
 
 _STATUS_COLUMNS = (
