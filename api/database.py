@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,6 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.errors import DatabaseError, InputError
 
 ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+# The newest revision in alembic/versions (a test keeps the two equal). A database already at
+# it is opened without importing alembic or parsing the scripts: every command opens one.
+HEAD_REVISION = "0002"
 # Any fixed 64-bit key: all supervisors serialise their first-start migration on it.
 _PG_MIGRATION_LOCK = 0x61676D6772  # "agmgr"
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -58,7 +61,14 @@ class Database:
         self.url = normalise_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite:
-            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            # Never created here: a typo in a path would quietly start a second, empty queue.
+            # The commands that write create the default location themselves.
+            folder = self.sqlite_path.parent
+            if not folder.is_dir():
+                raise InputError(
+                    f"directory {folder} of the SQLite database does not exist: create it, or fix the path in "
+                    "--database-url (a typo would split the queue in two)"
+                )
             self.engine = create_engine(
                 self.url,
                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
@@ -77,6 +87,11 @@ class Database:
             )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self.engine.execution_options(read_only=True), expire_on_commit=False)
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The file of a SQLite database (absolute, as SQLite resolves it)."""
+        return Path(self.url.database).absolute()
 
     @property
     def display_url(self) -> str:
@@ -117,28 +132,61 @@ class Database:
         raise AssertionError("unreachable")
 
     def migrate(self) -> None:
-        """Create or upgrade the schema to the newest revision, serialised across processes."""
+        """Create or upgrade the schema to the newest revision, serialised across processes.
+
+        Raises DatabaseError when the database cannot be opened, is not a database, or was
+        written by a newer agent-manager than this one.
+        """
+        try:
+            if self.stored_revisions() == (HEAD_REVISION,):
+                return
+            self._upgrade()
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            raise DatabaseError(f"cannot open database {self.display_url}: {_first_line(exc.orig or exc)}") from exc
+        except sa_exc.DatabaseError as exc:
+            if self.is_sqlite and "not a database" in str(exc.orig or exc):
+                raise DatabaseError(
+                    f"{self.sqlite_path} is not a SQLite database: point --database-url at another file, "
+                    "or move this one away and run `agent-manager import` again"
+                ) from exc
+            raise DatabaseError(f"cannot open database {self.display_url}: {_first_line(exc.orig or exc)}") from exc
+
+    def stored_revisions(self) -> tuple[str, ...]:
+        """The schema revision(s) recorded in the database; () for a database alembic never touched."""
+        with self.engine.connect().execution_options(read_only=True) as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return ()
+            return tuple(row[0] for row in conn.exec_driver_sql("SELECT version_num FROM alembic_version"))
+
+    def _upgrade(self) -> None:
         from alembic.config import Config
         from alembic.runtime.migration import MigrationContext
         from alembic.script import ScriptDirectory
+        from alembic.util.exc import CommandError
 
         from alembic import command
 
         cfg = Config()
         cfg.set_main_option("script_location", str(ALEMBIC_DIR))
-        head = ScriptDirectory.from_config(cfg).get_current_head()
-        try:
-            with self.engine.connect().execution_options(read_only=True) as conn:
-                if MigrationContext.configure(conn).get_current_revision() == head:
-                    return
-            with self.engine.begin() as conn:
-                if not self.is_sqlite:
-                    # Concurrent first starts queue here; SQLite gets the same from BEGIN IMMEDIATE.
-                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
-        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-            raise DatabaseError(f"cannot open database {self.display_url}: {_first_line(exc.orig or exc)}") from exc
+        scripts = ScriptDirectory.from_config(cfg)
+        with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                # Concurrent first starts queue here; SQLite gets the same from BEGIN IMMEDIATE.
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+            for revision in MigrationContext.configure(conn).get_current_heads():
+                try:
+                    scripts.get_revision(revision)
+                except CommandError:
+                    raise DatabaseError(
+                        f"{self._where} was written by a newer agent-manager (schema revision {revision!r}; this "
+                        f"version knows up to {scripts.get_current_head()!r}): upgrade agent-manager to use it"
+                    ) from None
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @property
+    def _where(self) -> str:
+        return f"database {self.sqlite_path}" if self.is_sqlite else f"database {self.display_url}"
 
     def dispose(self) -> None:
         self.engine.dispose()

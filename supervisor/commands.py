@@ -1,25 +1,22 @@
-"""Day-to-day commands (import, status, retry): wiring between settings, the queue and the display."""
+"""Day-to-day commands (import, status, retry): wiring between settings, the queue and the display.
+
+The run's machinery (the SDK, mcp, apscheduler, the live view) is imported by cmd_run alone:
+it takes seconds to import, and `status`, `logs` and `--help` must answer at once.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 
-from api.database import Database
+from api.database import Database, normalise_url
 from api.errors import InputError
 from api.features_file import load_features_file
 from api.queue import FeatureQueue, ImportReport
 from supervisor import display
-from supervisor.claude_runner import ClaudeRunner
 from supervisor.config import Settings
-from supervisor.live import make_view
-from supervisor.loop import RunOptions, Supervisor
-from supervisor.routing import load_policy
 
 CREDENTIAL_VARIABLES = (
     "ANTHROPIC_API_KEY",
@@ -30,24 +27,48 @@ CREDENTIAL_VARIABLES = (
 )
 
 
-def _sqlite_missing(db: Database) -> bool:
-    return db.is_sqlite and not Path(db.url.database).exists()
+def _sqlite_file(settings: Settings) -> Path | None:
+    """The SQLite file of the queue, or None on PostgreSQL. Raises InputError for a bad URL."""
+    url = normalise_url(settings.database_url)
+    return Path(url.database).absolute() if url.get_backend_name() == "sqlite" else None
+
+
+def _sqlite_missing(settings: Settings) -> bool:
+    path = _sqlite_file(settings)
+    return path is not None and not path.exists()
+
+
+def _make_dir(path: Path, hint: str = "the run keeps its logs there: make the project directory writable") -> None:
+    """Create one of our directories in the project. Raises InputError naming it and the reason."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {path}: {exc.strerror}; {hint}") from None
 
 
 def open_queue(settings: Settings, *, must_exist: bool = False) -> FeatureQueue:
-    """Open (creating or upgrading) the project's database. Raises DatabaseError / InputError."""
-    db = Database(settings.database_url)
-    if must_exist and _sqlite_missing(db):
+    """Open (creating or upgrading) the project's database. Raises DatabaseError / InputError.
+
+    With ``must_exist`` (status, logs, retry) a missing SQLite file is an error and nothing is
+    created; otherwise the default location DIR/.agent-manager is created when missing.
+    """
+    if must_exist and _sqlite_missing(settings):
         raise InputError(
-            f"no database at {db.url.database}: run `agent-manager import --project-dir {settings.project_dir}` first"
+            f"no database at {_sqlite_file(settings)}: "
+            f"run `agent-manager import --project-dir {settings.project_dir}` first"
         )
+    path = _sqlite_file(settings)
+    if not must_exist and path is not None and path.parent == settings.state_dir:
+        # Ours to create; any other directory must exist already (see Database).
+        _make_dir(settings.state_dir, "make the project directory writable or pass --database-url")
+    db = Database(settings.database_url)
     db.migrate()
     return FeatureQueue(db, project_dir=settings.project_dir, lease_seconds=settings.lease_seconds)
 
 
 def import_features(settings: Settings) -> ImportReport:
     """Load the features file into the queue; nothing is written if any of it is invalid."""
-    if _sqlite_missing(Database(settings.database_url)):
+    if _sqlite_missing(settings):
         # Validate before the first open so a bad file never leaves an empty database behind.
         load_features_file(settings.features_file)
     queue = open_queue(settings)
@@ -94,21 +115,34 @@ def check_credentials(env: dict[str, str] | None = None) -> None:
 
 def _ignore_state_dir(settings: Settings) -> None:
     """Keep the queue, logs and CLI state out of the user's git status without touching their .gitignore."""
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    _make_dir(settings.state_dir)
     marker = settings.state_dir / ".gitignore"
     if not marker.exists():
-        marker.write_text("# written by agent-manager: nothing in here belongs in git\n*\n", encoding="utf-8")
+        try:
+            marker.write_text("# written by agent-manager: nothing in here belongs in git\n*\n", encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot write {marker}: {exc.strerror}; make the project directory writable") from None
 
 
 def _log_to_file(settings: Settings) -> None:
     """Library warnings (the SDK's, a runner's crash) go to a file: the terminal is for the view and one-line errors."""
-    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    import logging
+
+    _make_dir(settings.logs_dir)
     handler = logging.FileHandler(settings.logs_dir / "supervisor.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
 
 
 def cmd_run(settings: Settings) -> int:
+    import asyncio
+    import gc
+
+    from supervisor.claude_runner import ClaudeRunner
+    from supervisor.live import make_view
+    from supervisor.loop import RunOptions, Supervisor
+    from supervisor.routing import load_policy
+
     policy = load_policy(settings.project_dir)
     check_credentials()
     _ignore_state_dir(settings)
@@ -130,7 +164,7 @@ def cmd_run(settings: Settings) -> int:
         policy=policy,
         max_cost_usd=settings.max_cost,
     )
-    runner = ClaudeRunner()
+    runner = ClaudeRunner(cli_path=policy.cli_path, project_dir=settings.project_dir)
     supervisor = Supervisor(queue, runner, options, make_view())
     # Modules, mappers and compiled statements live as long as the process: keeping them out of
     # the collector's full scans shortens its pauses, which landed on dispatches (50-95 ms).
@@ -165,7 +199,11 @@ def cmd_logs(settings: Settings, feature_id: int, attempt: int | None, raw: bool
             if raw:
                 sys.stdout.write(line)
             else:
-                text = display.transcript_line(json.loads(line))
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    entry = None  # the last line of a session still being written
+                text = display.transcript_line(entry) if isinstance(entry, dict) else line.rstrip("\n")
                 if text:
                     print(text)
     return 0

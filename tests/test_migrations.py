@@ -22,6 +22,19 @@ def test_upgrade_head_on_an_empty_database_equals_the_models(db_url: str) -> Non
     db.dispose()
 
 
+def test_the_revision_known_without_alembic_is_the_newest_migration() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from api.database import ALEMBIC_DIR, HEAD_REVISION
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(ALEMBIC_DIR))
+    # Every command opens the database without alembic when it is at HEAD_REVISION: a new
+    # migration must move it, or databases would never be upgraded to it.
+    assert HEAD_REVISION == ScriptDirectory.from_config(cfg).get_current_head()
+
+
 def _migrate(url: str) -> None:
     Database(url).migrate()
 
