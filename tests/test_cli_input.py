@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,8 @@ import pytest
 from agent_manager import main
 from api.database import Database
 from api.queue import FeatureQueue
+
+REPO = Path(__file__).resolve().parent.parent
 
 GOOD = [
     {"name": "schema", "category": "database"},
@@ -72,6 +76,35 @@ BAD_FILES = [
     ("empty-file", b"", "file is empty"),
     ("utf16-bom", "[]".encode("utf-16"), "UTF-16"),
     ("invalid-utf8", b'[{"name": "\xff"}]', "not valid UTF-8"),
+    ("deeply-nested", b"[" * 100_000 + b"]" * 100_000, "JSON nested too deeply"),
+    (
+        "nested-inside-a-feature",
+        b'[{"name": "a", "description": ' + b"[" * 100_000 + b"]" * 100_000 + b"}]",
+        "JSON nested too deeply",
+    ),
+    (
+        "description-too-long",
+        j([{"name": "a", "description": "d" * 100_001}]),
+        '"description" is 100,001 characters; the limit is 100,000',
+    ),
+    ("too-many-steps", j([{"name": "a", "steps": ["s"] * 101}]), '"steps" has 101 entries; the limit is 100'),
+    (
+        "step-too-long",
+        j([{"name": "a", "steps": ["ok", "s" * 5_001]}]),
+        '"steps" has an entry of 5,001 characters',
+    ),
+    ("verify-too-long", j([{"name": "a", "verify": "v" * 10_001}]), '"verify" is 10,001 characters; the limit is'),
+    ("category-too-long", j([{"name": "a", "category": "c" * 101}]), '"category" is 101 characters; the limit is 100'),
+    (
+        "model-too-long",
+        j([{"name": "a", "model": "claude-" + "m" * 94}]),
+        '"model" is 101 characters; the limit is 100',
+    ),
+    (
+        "dependency-name-too-long",
+        j([{"name": "a", "depends_on": ["d" * 201]}]),
+        '"depends_on" has an entry of 201 characters',
+    ),
 ]
 
 
@@ -185,7 +218,7 @@ def _closed_port() -> int:
     "argv,env,fragment",
     [
         (["status"], {}, "--project-dir is required"),
-        (["status", "--project-dir", "/nonexistent/dir"], {}, "project directory /nonexistent/dir does not exist"),
+        (["status", "--project-dir", "{tmp}/missing/dir"], {}, "project directory {tmp}/missing/dir does not exist"),
         (["import", "--project-dir", "{project}/features.json"], {}, "is not a directory"),
         (["import", "--project-dir", "{project}", "--features", "{project}/missing.json"], {}, "no features file at"),
         (["import", "--project-dir", "{project}", "--features", "{project}"], {}, "is a directory"),
@@ -207,19 +240,37 @@ def _closed_port() -> int:
         ),
         (["retry", "999", "--project-dir", "{project}"], {}, "no database at"),
         (["--project-dir", "{project}", "--max-cost", "-1", "status"], {}, "--max-cost must be a positive number"),
-        (["--project-dir", "{project}", "--max-cost", "nan", "status"], {}, "--max-cost must be a positive number"),
+        (["--project-dir", "{project}", "--max-cost", "nan", "status"], {}, "--max-cost must be a finite number"),
         (["--project-dir", "{project}", "--max-cost", "lots", "status"], {}, "--max-cost must be a number"),
+        (["--project-dir", "{project}", "--lease-seconds", "nan", "status"], {}, "--lease-seconds must be a finite"),
+        (["--project-dir", "{project}", "--lease-seconds", "inf", "status"], {}, "--lease-seconds must be a finite"),
+        (
+            ["status", "--project-dir", "{project}"],
+            {"AGENT_MANAGER_LEASE_SECONDS": "-inf"},
+            "AGENT_MANAGER_LEASE_SECONDS must be a finite number",
+        ),
+        (
+            ["--project-dir", "{project}", "--lease-seconds", "1e300", "status"],
+            {},
+            "--lease-seconds must be between 3 and 604800",
+        ),
     ],
 )
 def test_bad_arguments_are_one_line_exit_2(
-    project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv, env, fragment
+    project: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv,
+    env,
+    fragment,
 ) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     port = _closed_port()
-    argv = [a.format(project=project, port=port) for a in argv]
+    argv = [a.format(project=project, port=port, tmp=tmp_path) for a in argv]
     assert main(argv) == 2
-    assert fragment in one_error_line(capsys.readouterr().err)
+    assert fragment.format(tmp=tmp_path) in one_error_line(capsys.readouterr().err)
 
 
 def test_environment_fallbacks_select_the_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,11 +300,29 @@ def test_a_run_without_any_credentials_is_one_line_exit_2_and_writes_nothing(
 BAD_CONFIGS = [
     ("not-toml", "max_turns = = 3", "invalid TOML"),
     ("unknown-key", "max_turn = 3", "unknown setting 'max_turn'"),
-    ("negative", "stall_seconds = -1", "stall_seconds must be a non-negative number"),
+    ("negative", "stall_seconds = -1", "stall_seconds must be a number of seconds above 0"),
+    ("zero-stall", "stall_seconds = 0", "stall_seconds must be a number of seconds above 0 and at most 604800"),
+    ("infinite-stall", "stall_seconds = inf", "stall_seconds must be a number of seconds above 0"),
+    ("nan-verify-timeout", "verify_timeout_seconds = nan", "verify_timeout_seconds must be a number of seconds"),
+    ("zero-backoff", "backoff_initial_seconds = 0", "backoff_initial_seconds must be a number of seconds above 0"),
+    ("huge-outage-limit", "outage_limit_seconds = 1e12", "outage_limit_seconds must be a number of seconds"),
+    ("zero-database-outage", "database_outage_seconds = 0", "database_outage_seconds must be a number of seconds"),
+    (
+        "backoff-max-below-initial",
+        "backoff_initial_seconds = 60\nbackoff_max_seconds = 10",
+        "backoff_max_seconds (10) must be at least backoff_initial_seconds (60)",
+    ),
+    ("zero-turns", "max_turns = 0", "max_turns must be from 1 to 10000"),
+    ("zero-attempts", "max_attempts = 0", "max_attempts must be from 1 to 100"),
+    ("negative-reminders", "reminders = -1", "reminders must be from 0 to 20"),
+    ("zero-budget", "max_budget_usd = 0", "max_budget_usd must be a number of US dollars above 0"),
+    ("infinite-budget", "max_budget_usd = inf", "max_budget_usd must be a number of US dollars above 0"),
+    ("infinite-timeout", "[timeouts]\nsonnet = inf", "[timeouts] must map model names to numbers of seconds above 0"),
+    ("nested-too-deeply", "x = " + "[" * 100_000 + "]" * 100_000, "nested too deeply"),
     ("not-an-int", "max_attempts = 2.5", "max_attempts must be an integer"),
     ("bad-model", "default_model = 'gpt 4'", "default_model must be haiku, sonnet, opus or a model id"),
     ("models-not-table", "models = 'haiku'", "[models] must be a table"),
-    ("timeouts-bad", "[timeouts]\nhaiku = 0", "[timeouts] must map model names to positive numbers"),
+    ("timeouts-bad", "[timeouts]\nhaiku = 0", "[timeouts] must map model names to numbers of seconds above 0"),
     ("bash-deny-string", "bash_deny = 'sudo'", "bash_deny must be a list of command prefixes"),
     ("mcp-transport", "mcp_server = 'http'", 'mcp_server must be "in-process" or "stdio"'),
 ]
@@ -270,3 +339,114 @@ def test_a_bad_config_file_is_one_line_naming_the_file_and_setting_before_anythi
     line = one_error_line(capsys.readouterr().err)
     assert str(config) in line and fragment in line
     assert not (project / ".agent-manager" / "features.db").exists()
+
+
+def test_a_config_file_that_is_a_directory_is_one_line_naming_it(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = project / ".agent-manager" / "config.toml"
+    config.mkdir(parents=True)
+    assert main(["--project-dir", str(project)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{config} is a directory, expected a TOML file" in line
+
+
+@pytest.mark.parametrize("argv", [["status"], ["status", "--json"], ["logs", "1"], ["retry", "1"]])
+def test_reading_commands_on_a_new_project_create_no_directory(
+    project: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert main([*argv, "--project-dir", str(project)]) == 2
+    assert "no database at" in one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in project.iterdir()) == ["features.json"]
+
+
+def test_a_sqlite_url_in_a_missing_directory_is_refused_instead_of_starting_a_second_queue(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    typo = tmp_path / "qeueu"
+    url = f"sqlite:///{typo / 'features.db'}"
+
+    assert main(["import", "--project-dir", str(project), "--database-url", url]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"directory {typo} of the SQLite database does not exist" in line
+    assert "a typo would split the queue in two" in line
+    assert main(["status", "--project-dir", str(project), "--database-url", url]) == 2
+    assert f"no database at {typo / 'features.db'}" in one_error_line(capsys.readouterr().err)
+    assert not typo.exists()
+    assert not (project / ".agent-manager").exists()
+
+
+@pytest.mark.parametrize("argv", [["status"], ["logs", "1"], ["retry", "1"], ["import"]])
+def test_a_database_file_that_is_not_sqlite_is_one_line_naming_it_and_stays_untouched(
+    project: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    database = project / ".agent-manager" / "features.db"
+    database.parent.mkdir()
+    content = b"these are my notes, not a database\n" * 100
+    database.write_bytes(content)
+
+    assert main([*argv, "--project-dir", str(project)]) == 2
+
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{database} is not a SQLite database" in line
+    assert database.read_bytes() == content
+    assert sorted(p.name for p in database.parent.iterdir()) == ["features.db"]
+
+
+@pytest.mark.parametrize("argv", [["status"], ["logs", "1"], ["retry", "1"], ["import"]])
+def test_a_database_written_by_a_newer_version_is_one_line_and_left_as_it_was(
+    project: Path, db_url: str, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert main(["import", "--project-dir", str(project), "--database-url", db_url]) == 0
+    db = Database(db_url)
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    db.dispose()
+    before = snapshot(db_url)
+    capsys.readouterr()
+
+    assert main([*argv, "--project-dir", str(project), "--database-url", db_url]) == 2
+
+    line = one_error_line(capsys.readouterr().err)
+    assert "was written by a newer agent-manager (schema revision '9999'" in line
+    assert "upgrade agent-manager" in line
+    assert snapshot(db_url) == before
+    db = Database(db_url)
+    with db.engine.connect() as conn:
+        assert [r[0] for r in conn.exec_driver_sql("SELECT version_num FROM alembic_version")] == ["9999"]
+    db.dispose()
+
+
+def test_a_features_file_past_the_size_limit_is_refused_naming_the_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    big = tmp_path / "features.json"
+    with open(big, "wb") as out:
+        out.truncate(32 * 1024 * 1024 + 1)  # sparse: no disk, and no valid JSON either
+
+    assert main(["import", "--project-dir", str(tmp_path)]) == 2
+
+    assert "larger than the 32 MiB limit of a features file" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / ".agent-manager").exists()
+
+
+def _limit_memory() -> None:
+    import resource
+
+    # A regression reads /dev/zero until the kernel kills something: fail fast instead.
+    resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, 2 * 1024**3))
+
+
+def test_importing_from_dev_zero_stops_at_the_size_limit(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "agent_manager.py"), "import", "--project-dir", str(tmp_path)]
+        + ["--features", "/dev/zero"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_memory,
+        cwd=REPO,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "/dev/zero: larger than the 32 MiB limit" in one_error_line(done.stderr)
+    assert not (tmp_path / ".agent-manager").exists()
