@@ -41,10 +41,9 @@ class PlainView:
         self._line(f"#{c.id} {c.name}: started ({state.model}, attempt {state.attempt})")
 
     def activity(self, state: AgentState, event: ActivityEvent) -> None:
-        if event.kind in ("waiting_lock", "rate_limit", "verify"):
-            self._line(
-                f"#{state.claim.id} {state.claim.name}: {state.doing}{': ' + event.detail if event.detail else ''}"
-            )
+        if event.kind in ("waiting_lock", "rate_limit", "verify", "api_retry"):
+            why = f": {event.detail}" if event.kind == "waiting_lock" and event.detail else ""
+            self._line(f"#{state.claim.id} {state.claim.name}: {state.doing}{why}")
 
     def finished(self, state: AgentState, status: str, notes: str) -> None:
         c = state.claim
@@ -112,7 +111,7 @@ class LiveView(PlainView):
                 state.model,
                 f"{now - state.started:.0f} s",
                 str(state.turns),
-                f"${state.cost_usd:.4f}",
+                cost_cell(state),
                 Text("quiet (no message for a while)", style="yellow") if quiet else Text(state.doing),
             )
         bar = ProgressBar(total=max(self.total, 1), completed=self.done, width=40)
@@ -132,6 +131,11 @@ class LiveView(PlainView):
         for line in summary_lines(summary):
             style = STATUS_STYLE.get(line.split(":")[0].strip(), None)
             self.console.print(line, style=style, highlight=False)
+
+
+def cost_cell(state: AgentState) -> str:
+    """The session's cost so far; "~" marks an estimate (a turn in flight, priced until the CLI states it)."""
+    return f"${state.cost_usd:.4f}" if state.cost_estimate is None else f"~${state.cost_estimate:.4f}"
 
 
 def make_view() -> PlainView:

@@ -25,7 +25,16 @@ from api.verify import run_verify
 from supervisor.cli_state import feature_config_dir
 from supervisor.prompts import retry_prompt, task_prompt
 from supervisor.routing import AgentPolicy
-from supervisor.runner import INFRASTRUCTURE, ActivityEvent, AgentOutcome, AgentRunner, AgentTask, Ending, WriteDecision
+from supervisor.runner import (
+    INFRASTRUCTURE,
+    ActivityEvent,
+    AgentOutcome,
+    AgentRunner,
+    AgentTask,
+    Ending,
+    Spend,
+    WriteDecision,
+)
 from supervisor.sandbox import denied_command
 
 log = logging.getLogger("agent_manager.supervisor")
@@ -36,6 +45,10 @@ SHUTDOWN_GRACE_S = 10.0
 RATE_LIMIT_PRESSURE = frozenset({"allowed_warning", "rejected"})
 RATE_LIMIT_UTILISATION = 0.8
 RATE_LIMIT_CUT_INTERVAL_S = 5.0
+# Until a model has answered once in this run, sessions give up after this many CLI retries
+# (instead of about ten over three minutes): a wrong key or a dead endpoint shows in seconds.
+FIRST_SESSION_RETRIES = "1"
+OUTAGE_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -57,17 +70,47 @@ class RunOptions:
 
 @dataclass
 class AgentState:
-    """One running session, as the live view shows it."""
+    """One running session, as the live view shows it; the figures are this attempt's so far."""
 
     claim: ClaimedFeature
     model: str
     attempt: int
     started: float = field(default_factory=time.monotonic)
     turns: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # exact: what the CLI stated at the last end of a turn
+    cost_estimate: float | None = None  # with the turn in flight; None when cost_usd is current
+    input_tokens: int = 0
+    output_tokens: int = 0
+    session_id: str | None = None
+    served_model: str | None = None
     doing: str = "starting"
     last_activity: float = field(default_factory=time.monotonic)
     budget_source: str | None = None  # which cap the session's max_budget_usd came from
+
+    def absorb(self, event: ActivityEvent) -> None:
+        self.last_activity = time.monotonic()
+        self.turns = max(self.turns, event.num_turns)
+        if event.cost_is_estimate:
+            self.cost_estimate = event.cost_usd
+        else:
+            self.cost_usd, self.cost_estimate = event.cost_usd, None
+        self.input_tokens = max(self.input_tokens, event.input_tokens)
+        self.output_tokens = max(self.output_tokens, event.output_tokens)
+        self.session_id = event.session_id or self.session_id
+        self.served_model = event.model or self.served_model
+
+    def stopped(self, why: str) -> AgentOutcome:
+        """The outcome of a session the supervisor stopped, with what it had spent by then."""
+        return AgentOutcome(
+            Ending.INTERRUPTED,
+            why,
+            session_id=self.session_id,
+            num_turns=self.turns,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cost_usd=self.cost_usd,
+            model=self.served_model,
+        )
 
 
 @dataclass
@@ -101,7 +144,10 @@ class Supervisor:
         self._given_back: Counter[int] = Counter()
         self._paused_until = 0.0
         self._outage_since: float | None = None
+        self._outage_cause = ""
         self._outage_failures = 0
+        self._api_answered = False  # a model has answered a session of this run
+        self._cli_started = False  # a claude CLI has started a session in this run
         self._signals = 0
         self._cost: dict[str, float] = defaultdict(float)
         self._tokens: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -124,6 +170,7 @@ class Supervisor:
                 loop.add_signal_handler(sig, self._on_signal)
         self.view.start(self)
         try:
+            await self._preflight()
             await self._dispatch()
         finally:
             await self._shutdown()
@@ -134,6 +181,25 @@ class Supervisor:
         summary = await self._summary(time.monotonic() - started)
         self.view.stop(summary)
         return summary
+
+    async def _preflight(self) -> None:
+        """Before the first claim: a runner that can check its CLI and API endpoint does.
+
+        A broken CLI or rejected credentials stop the run at once (exit 2); an endpoint that is
+        down or is not the Messages API is probed again with backoff until outage_limit_seconds.
+        """
+        check = getattr(self.runner, "preflight", None)
+        if check is None:
+            return
+        while not self._stopping and self._fatal is None:
+            problem = await check()
+            if problem is None:
+                if self._outage_since is not None:
+                    self.view.note("the API answers again")
+                    self._outage_since, self._outage_failures = None, 0
+                return
+            self._after_infrastructure(problem)
+            await self._sleep_or_wake(max(0.0, self._paused_until - time.monotonic()))
 
     async def _dispatch(self) -> None:
         settled = False  # the queue showed no claim at all, and a claim made after that found nothing
@@ -278,6 +344,15 @@ class Supervisor:
         feedback = claim.notes if last is not None and claim.attempts > 0 else None
         resume_id = last.session_id if resume and feedback and last is not None else None
         prompt = retry_prompt(feature, feedback) if resume_id else task_prompt(feature, feedback)
+        same_session = [r for r in previous if resume_id and r.session_id == resume_id]
+        resumed = Spend(
+            cost_usd=sum(r.cost_usd or 0.0 for r in same_session),
+            input_tokens=sum(r.input_tokens or 0 for r in same_session),
+            output_tokens=sum(r.output_tokens or 0 for r in same_session),
+        )
+        env = {"CLAUDE_CONFIG_DIR": str(feature_config_dir(self.options.state_dir, claim.id))}
+        if not self._api_answered and "CLAUDE_CODE_MAX_RETRIES" not in os.environ:
+            env["CLAUDE_CODE_MAX_RETRIES"] = FIRST_SESSION_RETRIES
 
         async def is_released() -> bool:
             record = await self._db(self.queue.run, run.id)
@@ -324,21 +399,25 @@ class Supervisor:
             max_budget_usd=budget,
             fallback_model=policy.fallback_model,
             resume_session_id=resume_id,
+            resumed_spend=resumed,
             reminders=policy.reminders,
             is_released=is_released,
             guard_write=guard_write,
             guard_bash=guard_bash,
             on_session=on_session,
-            env={"CLAUDE_CONFIG_DIR": str(feature_config_dir(self.options.state_dir, claim.id))},
+            env=env,
             mcp_transport=policy.mcp_server,
         )
 
     async def _run_session(self, claim: ClaimedFeature, state: AgentState, task: AgentTask) -> AgentOutcome:
         def on_activity(event: ActivityEvent) -> None:
-            state.last_activity = time.monotonic()
-            state.turns = max(state.turns, event.num_turns)
-            state.cost_usd = max(state.cost_usd, event.cost_usd)
-            if event.kind == "rate_limit" and (
+            state.absorb(event)
+            self._cli_started = True
+            if event.kind in ("message", "tool"):
+                self._api_answers()
+            elif event.kind == "api_retry":
+                self._api_retrying(event)
+            elif event.kind == "rate_limit" and (
                 event.detail in RATE_LIMIT_PRESSURE or (event.utilization or 0.0) >= RATE_LIMIT_UTILISATION
             ):
                 self._slow_down(f"rate limit {event.detail or 'warning'} at {(event.utilization or 0):.0%} use")
@@ -348,6 +427,7 @@ class Supervisor:
                 "waiting_lock": "waiting for a file lock",
                 "turn": "turn finished",
                 "rate_limit": f"rate limit {event.detail}",
+                "api_retry": f"API: retrying ({event.detail})",
             }.get(event.kind, event.kind)
             self.view.activity(state, event)
 
@@ -355,21 +435,47 @@ class Supervisor:
             return await self.runner.run(task, on_activity)
         except asyncio.CancelledError:
             if self._stopping or claim.id in self._lost:
-                return AgentOutcome(Ending.INTERRUPTED, "stopped by the supervisor")
+                return state.stopped("stopped by the supervisor")
             raise
         except Exception as exc:  # noqa: BLE001 - a runner bug must not take the queue down with it
             log.exception("runner failed on feature %s", claim.id)
             return AgentOutcome(Ending.AGENT_ERROR, f"runner error: {exc}")
 
+    def _api_answers(self) -> None:
+        """A model answered: the API works, and the outage clock, if running, stops.
+
+        The backoff between failed sessions keeps growing until one ends without an API error.
+        """
+        self._api_answered = True
+        if self._outage_since is not None:
+            self.view.note("the API answers again")
+        self._outage_since = None
+
+    def _api_retrying(self, event: ActivityEvent) -> None:
+        """The CLI is retrying a request: the outage clock starts now, not after its retries."""
+        status = event.api_error_status
+        if status is None or status == 429 or status >= 500:
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+            self._outage_cause = f"the CLI is retrying ({event.detail})"
+
+    async def _check_outage(self) -> None:
+        """An outage that outlasts outage_limit_seconds stops the run, even mid-retry in the CLI."""
+        if self._outage_since is None:
+            return
+        down = time.monotonic() - self._outage_since
+        if down >= self.options.policy.outage_limit_seconds:
+            self._fail(f"gave up after the API was unavailable for {down:.0f} s: {self._outage_cause}", 1)
+
     async def _conclude(self, claim, state, run: RunRecord, outcome: AgentOutcome, feature) -> None:  # noqa: ANN001
         record = await self._db(self.queue.run, run.id)
         status, notes, count = self._judge(outcome, record)
         give_up = False
-        if outcome.over_budget and state.budget_source == "run":
+        if outcome.over_budget and record.reported_status is None and state.budget_source == "run":
             # Stopped by the run's budget, not by its own failing: back to the queue, no attempt used.
             status, count = "pending", False
             self._stop_for_budget(f"the run budget of ${self.options.max_cost_usd:.2f} is spent")
-        elif outcome.over_budget and state.budget_source == "feature":
+        elif outcome.over_budget and record.reported_status is None and state.budget_source == "feature":
             give_up = True  # its whole budget is gone: another attempt could not start
         if status == "passing" and claim.verify:
             state.doing = "verifying"
@@ -381,14 +487,15 @@ class Supervisor:
                 verdict = result.summary(claim.verify)
                 status, notes = "failed", f"{verdict}\n\nThe agent's notes: {notes}" if notes else verdict
                 outcome = dataclasses.replace(outcome, message=verdict)
-        if status == "pending" and count is False and outcome.ending is Ending.COMPLETED:
+        reported = record.reported_status is not None
+        if status == "pending" and count is False and reported and outcome.ending is Ending.COMPLETED:
             self._given_back[claim.id] += 1
             if self._given_back[claim.id] >= self.options.policy.max_attempts:
                 status, count = "failed", True
                 notes = f"{notes}\n(given back {self._given_back[claim.id]} times in this run)".strip()
         model = outcome.model or state.model
         run_fields = {
-            "outcome": status if outcome.ending is Ending.COMPLETED else outcome.ending.value,
+            "outcome": status if outcome.ending is Ending.COMPLETED or reported else outcome.ending.value,
             "session_id": outcome.session_id,
             "num_turns": outcome.num_turns,
             "input_tokens": outcome.input_tokens,
@@ -426,11 +533,11 @@ class Supervisor:
         self.view.finished(state, shown, notes)
 
     def _judge(self, outcome: AgentOutcome, record: RunRecord) -> tuple[str, str, bool]:
-        """(status to release with, notes, whether it uses an attempt)."""
-        if outcome.ending in INFRASTRUCTURE:
-            return "pending", outcome.message, False
-        if outcome.ending is not Ending.COMPLETED:
-            return "failed", outcome.message, True
+        """(status to release with, notes, whether it uses an attempt).
+
+        The agent's own report, once made, is the verdict whatever ended the session after it
+        (a Ctrl-C, an API error, a crash): the work it reported on is done and is not redone.
+        """
         notes = record.reported_notes or ""
         if record.reported_status == "passing":
             return "passing", notes, True
@@ -438,6 +545,10 @@ class Supervisor:
             return "failed", notes or "the agent reported failed", True
         if record.reported_status == "pending":
             return "pending", notes, False
+        if outcome.ending in INFRASTRUCTURE:
+            return "pending", outcome.message, False
+        if outcome.ending is not Ending.COMPLETED:
+            return "failed", outcome.message, True
         return "failed", f"the session ended without feature_release after {outcome.reminders_sent} reminder(s)", True
 
     async def _release(  # noqa: ANN001
@@ -463,18 +574,21 @@ class Supervisor:
 
     def _after_infrastructure(self, outcome: AgentOutcome, started: float = 0.0) -> None:
         policy = self.options.policy
-        if outcome.ending in (Ending.AUTH_ERROR, Ending.SETUP_ERROR):
-            hint = "check ANTHROPIC_API_KEY" if outcome.ending is Ending.AUTH_ERROR else "check the claude CLI install"
-            self._fail(f"{outcome.message} ({hint})", 2)
-        elif outcome.ending is Ending.API_UNAVAILABLE:
+        if outcome.ending is Ending.AUTH_ERROR:
+            self._fail(f"{outcome.message} (check ANTHROPIC_API_KEY)", 2)
+        elif outcome.ending is Ending.SETUP_ERROR and not self._cli_started:
+            self._fail(f"{outcome.message} (check the claude CLI install, or cli_path in the config)", 2)
+        elif outcome.ending in (Ending.API_UNAVAILABLE, Ending.SETUP_ERROR):
+            # A CLI that worked earlier in this run and now fails to start is treated like an
+            # outage (memory pressure, a half-finished upgrade): retried, no attempt used.
             if outcome.api_error_status == 429:
                 self._slow_down("the API answered 429 (rate limited)")
             now = time.monotonic()
             self._outage_since = self._outage_since or now
-            if now - self._outage_since >= policy.outage_limit_seconds:
-                self._fail(
-                    f"gave up after the API was unavailable for {now - self._outage_since:.0f} s: {outcome.message}", 1
-                )
+            self._outage_cause = outcome.message
+            down = now - self._outage_since
+            if down >= policy.outage_limit_seconds:
+                self._fail(f"gave up after the API was unavailable for {down:.0f} s: {outcome.message}", 1)
                 return
             delay = min(policy.backoff_max_seconds, policy.backoff_initial_seconds * 2**self._outage_failures)
             delay = max(delay, outcome.retry_after_s or 0.0)  # what the API asked for, via the CLI
@@ -551,6 +665,7 @@ class Supervisor:
         }
         scheduler.add_job(self._heartbeat, id="heartbeat", **common)
         scheduler.add_job(self._reap, id="reaper", **common)
+        scheduler.add_job(self._check_outage, id="outage", **(common | {"seconds": OUTAGE_CHECK_S}))
         scheduler.start()
         return scheduler
 

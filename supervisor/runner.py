@@ -30,6 +30,15 @@ INFRASTRUCTURE = frozenset({Ending.INTERRUPTED, Ending.AUTH_ERROR, Ending.API_UN
 
 
 @dataclass(frozen=True)
+class Spend:
+    """What a session cost: for an attempt, its own share; for a resumed session, what came before."""
+
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class WriteDecision:
     allowed: bool
     reason: str = ""
@@ -53,6 +62,9 @@ class AgentTask:
     max_budget_usd: float | None = None
     fallback_model: str | None = None
     resume_session_id: str | None = None
+    # What the resumed session had spent before this attempt: the CLI reports a resumed
+    # session's cost and tokens as running totals over all of its attempts.
+    resumed_spend: Spend = Spend()
     reminders: int = 2
     # Asked after each finished turn: has the agent called feature_release yet?
     is_released: Callable[[], Awaitable[bool]] | None = None
@@ -85,17 +97,36 @@ class AgentOutcome:
 
 @dataclass(frozen=True)
 class ActivityEvent:
-    """Progress of a running session, for the live view."""
+    """Progress of a running session, for the live view; the figures are this attempt's so far."""
 
     feature_id: int
-    kind: str  # "message", "tool", "waiting_lock", "turn", "rate_limit"
+    kind: str  # "message", "tool", "waiting_lock", "turn", "rate_limit", "api_retry"
     detail: str = ""
     num_turns: int = 0
     cost_usd: float = 0.0
     utilization: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_is_estimate: bool = False  # a turn in flight: the CLI states its exact cost when the turn ends
+    session_id: str | None = None
+    model: str | None = None
+    api_error_status: int | None = None  # "api_retry": the status the CLI is retrying (None: no connection)
 
 
 class AgentRunner(Protocol):
     async def run(self, task: AgentTask, on_activity: Callable[[ActivityEvent], None]) -> AgentOutcome:
-        """Run one session to its end. Cancellation must stop the session and its processes."""
+        """Run one session to its end.
+
+        Cancellation must stop the session and its processes; before it re-raises, the runner
+        reports what the session spent through ``on_activity`` (the supervisor records it).
+        """
+        ...
+
+
+class Preflight(Protocol):
+    """Optional for a runner: checks that can fail the whole run before any feature is claimed."""
+
+    async def preflight(self) -> AgentOutcome | None:
+        """None when sessions can start; else an outcome whose ending says what is wrong
+        (SETUP_ERROR, AUTH_ERROR or API_UNAVAILABLE) and whose message names it."""
         ...

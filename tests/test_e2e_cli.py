@@ -8,8 +8,10 @@ the SQLite queue are all real.
 
 from __future__ import annotations
 
+import http.server
 import json
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -144,24 +146,217 @@ def test_a_second_writer_is_denied_by_the_lock_and_finishes_after_the_first_rele
 # -- infrastructure failures ---------------------------------------------------------------------
 
 
-def test_rejected_credentials_stop_the_run_with_one_line_and_use_no_attempts(make_run: Callable[..., Run]) -> None:
-    run = make_run(Agents(), APP)
-    run.server.fail_all(401)
-    done = run.supervise("--max-agents", "3")
+class Watched:
+    """A supervisor process whose output lines are timestamped as they arrive."""
 
-    assert done.returncode == 2, done.stdout + done.stderr
-    line = one_line(done.stderr)
-    assert "401" in line and "ANTHROPIC_API_KEY" in line
-    assert "<synthetic>" not in done.stdout  # the CLI's name for its own error messages is no model
+    def __init__(self, run: Run, *args: str) -> None:
+        self.started = time.monotonic()
+        self.proc = run.start(*args)
+        self.lines: list[tuple[float, str]] = []
+        self.err = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append((time.monotonic() - self.started, line.rstrip("\n")))
+
+    def wait(self, timeout: float = RUN_TIMEOUT_S) -> float:
+        """Seconds from start to exit."""
+        try:
+            self.err = self.proc.stderr.read() if self.proc.wait(timeout) is not None else ""
+        finally:
+            self.proc.kill()
+        self._reader.join(10)
+        return time.monotonic() - self.started
+
+    def first(self, fragment: str) -> float | None:
+        """When a line containing ``fragment`` was printed, in seconds from start."""
+        return next((at for at, line in self.lines if fragment in line), None)
+
+    @property
+    def out(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+
+def without_cli_retry_cap(run: Run) -> Run:
+    """The environment a user has: the CLI's own retry policy (about ten retries over minutes)."""
+    run.env.pop("CLAUDE_CODE_MAX_RETRIES", None)
+    return run
+
+
+def assert_untouched(run: Run, features: list[dict]) -> None:
     report = run.status()
-    assert report["counts"] == {"pending": len(APP)}
-    assert all(f["attempts"] == 0 for f in report["features"])
+    assert report["counts"] == {"pending": len(features)}
+    assert all(f["attempts"] == 0 and f["cost_usd"] == 0 for f in report["features"])
     assert run.queue().file_locks() == []
+
+
+def test_a_rejected_key_stops_the_run_within_seconds_before_any_session_starts(make_run: Callable[..., Run]) -> None:
+    run = without_cli_retry_cap(make_run(Agents(), APP))
+    run.server.fail_all(401)  # the whole API refuses the key, as the real one does
+    watched = Watched(run, "--max-agents", "3")
+    took = watched.wait()
+
+    assert watched.proc.returncode == 2, watched.out + watched.err
+    assert took < 10, took
+    line = one_line(watched.err)
+    assert "rejected the credentials (401)" in line and "ANTHROPIC_API_KEY" in line
+    assert run.server.requests == []  # no session was started, let alone retried for minutes
+    assert_untouched(run, APP)
+
+
+def test_credentials_refused_only_by_sessions_still_stop_the_run_within_seconds(
+    make_run: Callable[..., Run],
+) -> None:
+    # A key the endpoint's request check accepts but its sessions refuse (a gateway, an OAuth
+    # login): the first sessions give up after one CLI retry instead of ten over three minutes.
+    run = without_cli_retry_cap(make_run(Agents(), APP))
+    run.server.fail_all(401, agent_loop_only=True)
+    watched = Watched(run, "--max-agents", "3")
+    took = watched.wait()
+
+    assert watched.proc.returncode == 2, watched.out + watched.err
+    assert took < 10, took
+    line = one_line(watched.err)
+    assert "401" in line and "ANTHROPIC_API_KEY" in line
+    assert "<synthetic>" not in watched.out  # the CLI's name for its own error messages is no model
+    assert "API: retrying (401 authentication_failed" in watched.out
+    assert_untouched(run, APP)
+
+
+class NotAnthropic(http.server.BaseHTTPRequestHandler):
+    """A web server that is not the Messages API: a 404 page for everything."""
+
+    def do_POST(self) -> None:  # noqa: N802
+        page = b"<html><body>Not Found</body></html>"
+        self.send_response(404)
+        self.send_header("content-type", "text/html")
+        self.send_header("content-length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    do_GET = do_HEAD = do_POST  # noqa: N815
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("endpoint", ["unreachable", "not-anthropic"])
+def test_a_wrong_endpoint_is_named_within_seconds_and_the_run_ends_at_the_outage_limit(
+    make_run: Callable[..., Run], endpoint: str
+) -> None:
+    features = APP[:3]
+    run = without_cli_retry_cap(make_run(Agents(), features, outage_limit_seconds=5))
+    server = None
+    if endpoint == "unreachable":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{s.getsockname()[1]}"  # nobody listens once it is closed
+        named = f"cannot reach the API at {url}"
+    else:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotAnthropic)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        named = f"{url} does not answer like the Anthropic Messages API (HTTP 404, text/html)"
+    run.env["ANTHROPIC_BASE_URL"] = url
+    try:
+        watched = Watched(run, "--max-agents", "3")
+        took = watched.wait()
+    finally:
+        if server is not None:
+            server.shutdown()
+
+    assert watched.proc.returncode == 1, watched.out + watched.err
+    shown = watched.first(named)
+    assert shown is not None and shown < 10, (shown, watched.out)
+    assert took < 5 + 15, took
+    line = one_line(watched.err)
+    assert "gave up after the API was unavailable for" in line and named in line
+    assert run.server.requests == []
+    assert_untouched(run, features)
+
+
+def test_an_api_down_at_start_is_probed_until_it_answers_and_no_session_is_spent_meanwhile(
+    make_run: Callable[..., Run],
+) -> None:
+    features = APP[:2]
+    run = make_run(Agents(), features)
+    run.server.fail_all(529)
+    probes = lambda: [r for r in run.server.raw_requests if r.body == {}]  # noqa: E731
+    proc = run.start("--max-agents", "2")
+    try:
+        assert run.server.wait_until(lambda: len(probes()) >= 3, timeout=60), run.server.raw_requests
+        assert run.server.requests == []  # while the API is down, only free probes are sent
+        run.server.recover()
+        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out + err
+    assert "API unavailable (529)" in out and "the API answers again" in out
+    report = run.status()
+    assert report["counts"] == {"passing": 2}
+    assert all(f["attempts"] == 1 for f in report["features"])
+
+
+def test_an_outage_mid_run_ends_the_run_at_its_limit_even_while_the_cli_is_still_retrying(
+    make_run: Callable[..., Run],
+) -> None:
+    def then_outage(req: Request, convo: Convo, feature: dict) -> Reply | None:
+        if convo.succeeded(TOOL + "feature_release"):
+            run.server.fail_all(529, agent_loop_only=True)  # from the next session on
+        return None
+
+    features = [{"name": "first", "category": "backend"}, {"name": "second", "depends_on": ["first"]}]
+    run = without_cli_retry_cap(make_run(Agents({"first": then_outage}), features, outage_limit_seconds=4))
+    watched = Watched(run, "--max-agents", "1")
+    took = watched.wait()
+
+    assert watched.proc.returncode == 1, watched.out + watched.err
+    line = one_line(watched.err)
+    assert "gave up after the API was unavailable for" in line and "529" in line
+    began = watched.first("#2 second: API: retrying (529")
+    # Without the limit the CLI would go on retrying for minutes; the run ends soon after it.
+    assert began is not None and took - began < 4 + 15, (began, took, watched.out)
+    by_name = run.status()["by_name"]
+    assert (by_name["first"]["status"], by_name["first"]["attempts"]) == ("passing", 1)
+    assert (by_name["second"]["status"], by_name["second"]["attempts"]) == ("pending", 0)
+    (stopped,) = run.queue().runs(by_name["second"]["id"])
+    assert stopped.outcome == "interrupted"
+
+
+BROKEN_CLIS = {
+    "exits-at-once": "#!/bin/sh\necho 'claude: broken install' >&2\nexit 1\n",
+    "not-executable": "#!/bin/sh\nexit 0\n",
+    "hangs": "#!/bin/sh\nexec sleep 600\n",
+    # Answers --version, then cannot run a session.
+    "fails-sessions": '#!/bin/sh\n[ "$1" = --version ] && { echo 9.9.9; exit 0; }\necho "no session" >&2\nexit 3\n',
+}
+
+
+@pytest.mark.parametrize("kind", list(BROKEN_CLIS))
+def test_a_broken_claude_cli_stops_the_run_with_one_line_naming_it_and_uses_no_attempt(
+    make_run: Callable[..., Run], tmp_path: Path, kind: str
+) -> None:
+    cli = tmp_path / f"claude-{kind}"
+    cli.write_text(BROKEN_CLIS[kind], encoding="utf-8")
+    cli.chmod(0o644 if kind == "not-executable" else 0o755)
+    features = APP[:3]
+    run = make_run(Agents(), features, cli_path=str(cli))
+    watched = Watched(run, "--max-agents", "3")
+    took = watched.wait()
+
+    assert watched.proc.returncode == 2, watched.out + watched.err
+    line = one_line(watched.err)
+    assert f"claude CLI '{cli}'" in line or f"claude CLI at {cli}" in line, line
+    assert "check the claude CLI install" in line
+    assert took < 30, took  # the hanging one is given 10 s to answer --version
+    assert_untouched(run, features)
 
 
 def test_an_overloaded_api_pauses_the_run_which_resumes_by_itself(make_run: Callable[..., Run]) -> None:
     run = make_run(Agents(), APP[:4])
-    run.server.fail_all(529)
+    run.server.fail_all(529, agent_loop_only=True)  # the start-up probe passes; sessions meet the outage
     proc = run.start("--max-agents", "3")
     try:
         failed = lambda: sum(r.kind == "http_error:529" for r in run.server.requests)  # noqa: E731
@@ -247,6 +442,8 @@ def test_an_agent_that_never_releases_is_reminded_retried_and_failed_and_blocks_
     retries = [p for p in prompts if p.startswith("Your previous attempt at feature")]
     # One conversation across both attempts (the retry resumed it): task, 2 reminders, retry, 2 reminders.
     assert len(retries) == 1 and len(reminders) == 4 and prompts[0].startswith("Implement feature")
+    # Every prompt's model responses count: feature_get, Write and a text, then one text per prompt.
+    assert [r.num_turns for r in run.queue().runs(by_name["mute"]["id"])] == [3 + 2, 1 + 2]
     assert "blocked: 2" in done.stdout
 
 
@@ -287,11 +484,95 @@ def test_sigint_gives_every_feature_back_and_leaves_no_lock_or_process(make_run:
     report = run.status()
     assert report["counts"] == {"pending": len(APP)}
     assert all(f["attempts"] == 0 for f in report["features"])
-    assert run.queue().file_locks() == []
+    queue = run.queue()
+    assert queue.file_locks() == []
+    # What the stopped sessions had spent is recorded, on their attempts and their features.
+    for name in ROOTS:
+        feature = report["by_name"][name]
+        (stopped,) = queue.runs(feature["id"])
+        assert stopped.outcome == "interrupted"
+        assert stopped.num_turns >= 2 and stopped.cost_usd > 0, stopped
+        assert feature["cost_usd"] == pytest.approx(stopped.cost_usd)
+    assert "cost $0.0000" not in out
     deadline = time.monotonic() + 10  # an exiting process may take a moment to be reaped
     while any(alive(pid) for pid in sessions) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [pid for pid in sessions if alive(pid)] == []
+
+
+def test_a_report_made_before_ctrl_c_is_kept_and_not_redone(make_run: Callable[..., Run]) -> None:
+    reported, hold = threading.Event(), threading.Event()
+
+    def report_then_linger(req: Request, convo: Convo, feature: dict) -> Reply | None:
+        if convo.succeeded(TOOL + "feature_release"):
+            reported.set()
+            hold.wait(120)  # still writing its closing words when the supervisor is interrupted
+        return None
+
+    features = [
+        {"name": "early", "category": "backend", "verify": "test -f early.txt"},
+        {"name": "later", "category": "backend", "depends_on": ["early"]},
+    ]
+    run = make_run(Agents({"early": report_then_linger}), features)
+    proc = run.start("--max-agents", "1")
+    try:
+        assert reported.wait(120), "the agent never reported"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        hold.set()
+        proc.kill()
+    assert proc.returncode == 130, out + err
+    by_name = run.status()["by_name"]
+    # Its verify still decided; the work is not thrown away to be done again next run.
+    assert (by_name["early"]["status"], by_name["early"]["attempts"]) == ("passing", 1)
+    assert (by_name["later"]["status"], by_name["later"]["attempts"]) == ("pending", 0)
+    (attempt,) = run.queue().runs(by_name["early"]["id"])
+    assert attempt.outcome == "passing" and attempt.cost_usd > 0
+
+
+# -- what things cost ------------------------------------------------------------------------------
+
+
+def session_totals(transcript: Path) -> tuple[float, int, int]:
+    """The last running totals the CLI reported in a transcript: cost, input and output tokens."""
+    results = [
+        entry["data"]
+        for entry in map(json.loads, transcript.read_text(encoding="utf-8").splitlines())
+        if entry["type"] == "ResultMessage"
+    ]
+    usage = [u for m, u in results[-1]["model_usage"].items() if m != "<synthetic>"]
+    tokens_in = sum(u["inputTokens"] + u["cacheReadInputTokens"] + u["cacheCreationInputTokens"] for u in usage)
+    return results[-1]["total_cost_usd"], tokens_in, sum(u["outputTokens"] for u in usage)
+
+
+def test_a_resumed_retry_records_only_what_it_spent_itself(make_run: Callable[..., Run]) -> None:
+    def fix_on_retry(req: Request, convo: Convo, feature: dict) -> Reply | None:
+        if len(convo.prompts) > 1 and not convo.succeeded("Write", now=True):
+            return write(req, "proof.txt", "proof\n")
+        if len(convo.prompts) > 1 and not convo.succeeded(TOOL + "feature_release", now=True):
+            return release(feature, notes="added proof.txt")
+        return None
+
+    features = [{"name": "checked", "category": "backend", "verify": "test -f proof.txt"}]
+    run = make_run(Agents({"checked": fix_on_retry}), features)
+    done = run.supervise("--max-agents", "1")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    feature = run.status()["by_name"]["checked"]
+    first, second = run.queue().runs(feature["id"])
+    assert second.session_id == first.session_id  # the retry resumed the first session
+    cost_1, in_1, out_1 = session_totals(Path(first.transcript_path))
+    cost_2, in_2, out_2 = session_totals(Path(second.transcript_path))
+    assert cost_2 > cost_1 > 0  # the CLI reports the resumed session's running total
+    assert (first.cost_usd, first.input_tokens, first.output_tokens) == (pytest.approx(cost_1), in_1, out_1)
+    assert (second.cost_usd, second.input_tokens, second.output_tokens) == (
+        pytest.approx(cost_2 - cost_1),
+        in_2 - in_1,
+        out_2 - out_1,
+    )
+    assert feature["cost_usd"] == pytest.approx(cost_2)  # every dollar once: what the session cost in all
+    assert f"cost ${cost_2:.4f}" in done.stdout
 
 
 # -- budgets -------------------------------------------------------------------------------------

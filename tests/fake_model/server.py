@@ -420,6 +420,7 @@ class FakeModelServer:
         self.peak_concurrency = 0
         self._active: set[str] = set()
         self._persistent: HttpError | None = None
+        self._persistent_everywhere = False
         self._memo: dict[tuple[str, str], Reply] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified whenever a request is logged
@@ -462,9 +463,19 @@ class FakeModelServer:
 
     # -- fault control ------------------------------------------------------------------------
 
-    def fail_all(self, status: int, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
-        """Answer every main-loop request with this error until recover()."""
+    def fail_all(
+        self,
+        status: int,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        *,
+        agent_loop_only: bool = False,
+    ) -> None:
+        """Answer requests with this error until recover(): every POST /v1/messages, as a real API
+        does for a wrong key or an outage (side requests and request probes included), or with
+        ``agent_loop_only`` only the agent-loop requests (an endpoint whose probes still pass)."""
         self._persistent = HttpError(status, body, headers or {})
+        self._persistent_everywhere = not agent_loop_only
 
     def recover(self) -> None:
         self._persistent = None
@@ -678,6 +689,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         headers = dict(self.headers.items())
         req = Request(body=body, headers=headers, path=self.path, session_key=session_key_of(headers, body))
+        malformed = not isinstance(body.get("messages"), list) or not body.get("model")
+        persistent = self.fake._persistent
+        if persistent is not None and self.fake._persistent_everywhere and (malformed or is_side_request(req)):
+            self._send_json(persistent.status, persistent.payload(), persistent.headers)
+            return
+        if malformed:
+            # What the real API says to a request without them (after checking the credentials).
+            error = {"type": "invalid_request_error", "message": "model: Field required; messages: Field required"}
+            self._send_json(400, {"type": "error", "error": error})
+            return
         if is_side_request(req):
             side = RawRequest(time.time(), "POST", self.path, req.headers, body)
             self.fake._record(lambda: self.fake.side_requests.append(side))
