@@ -484,9 +484,8 @@ class Supervisor:
                 claim.verify, self.options.project_dir, self.options.policy.verify_timeout_seconds
             )
             if not result.passed:
-                verdict = result.summary(claim.verify)
-                status, notes = "failed", f"{verdict}\n\nThe agent's notes: {notes}" if notes else verdict
-                outcome = dataclasses.replace(outcome, message=verdict)
+                status, notes = "failed", result.failure_notes(claim.verify, notes)
+                outcome = dataclasses.replace(outcome, message=result.summary(claim.verify))
         reported = record.reported_status is not None
         if status == "pending" and count is False and reported and outcome.ending is Ending.COMPLETED:
             self._given_back[claim.id] += 1
