@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import anyio
-import anyio.to_thread
 import pytest
 
 from api.verify import run_verify
@@ -67,22 +66,22 @@ def test_a_command_past_the_timeout_is_asked_to_stop_before_it_is_killed(tmp_pat
 
 
 def test_a_cancelled_check_lets_the_command_clean_up_and_leaves_no_process(tmp_path: Path) -> None:
-    fifo = tmp_path / "started"
-    os.mkfifo(fifo)
-    command = (
-        "trap 'echo cleaned > cleaned.txt; exit 1' TERM; "
-        "sleep 60 >/dev/null 2>&1 & echo $$ $! > started; wait"  # the FIFO write waits for the test to read
-    )
+    os.mkfifo(tmp_path / "started")  # the command says, once its trap is set, that it runs
+    started = os.open(tmp_path / "started", os.O_RDONLY | os.O_NONBLOCK)
+    command = "trap 'echo cleaned > cleaned.txt; exit 1' TERM; sleep 60 >/dev/null 2>&1 & echo $$ $! > started; wait"
 
     async def scenario() -> list[int]:
         with anyio.fail_after(WAIT_S):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(run_verify, command, tmp_path, 60)
-                started = await anyio.to_thread.run_sync(fifo.read_text, abandon_on_cancel=True)
+                await anyio.wait_readable(started)
                 tg.cancel_scope.cancel()
-        return [int(pid) for pid in started.split()]
+        return [int(pid) for pid in os.read(started, 100).split()]
 
-    shell, child = anyio.run(scenario)
+    try:
+        shell, child = anyio.run(scenario)
+    finally:
+        os.close(started)
     assert (tmp_path / "cleaned.txt").read_text() == "cleaned\n"
     assert not alive(shell)
     assert not alive(child)
