@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     DateTime,
@@ -43,6 +43,9 @@ from api.database import Database
 from api.errors import FeaturesFileError, InputError, LeaseLostError, NotFoundError, PathOutsideProjectError
 from api.features_file import FeatureSpec
 from api.models import BLOCKED, AgentRun, Event, Feature, FeatureDependency, FileLock, Status, utcnow
+
+if TYPE_CHECKING:
+    from api.verify import VerifyResult
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_LEASE_SECONDS = 90.0
@@ -497,28 +500,39 @@ class FeatureQueue:
         """A feature's assignment as an agent reads it, with its dependencies' notes."""
         return self.db.run(lambda session: _feature_context(session, feature_id), read_only=True)
 
-    def report(self, agent_id: str, feature_id: int, status: str, notes: str = "") -> str:
+    def report(
+        self,
+        agent_id: str,
+        feature_id: int,
+        status: str,
+        notes: str = "",
+        *,
+        verify: Callable[[str], VerifyResult] | None = None,
+    ) -> str:
         """An agent's verdict on its feature (the MCP tool feature_release).
 
         For a feature the supervisor assigned, the verdict is recorded on the running attempt
         and the supervisor decides the outcome (it may still run ``verify``). A feature the
-        agent claimed itself (feature_claim_batch) is released directly. Returns the stored
-        status or "reported". Raises InputError for a bad status or another agent's feature.
+        agent claimed itself (feature_claim_batch) is released directly; if it has a verify
+        command, a passing verdict first calls ``verify(command)`` (between transactions, the
+        claim held) and, unless that passed, is a failed attempt with the verify's notes.
+        Returns the stored status or "reported". Raises InputError for a bad status, another
+        agent's feature, or such a passing verdict without ``verify``.
         """
         _check_verdict(status)
 
-        def work(session: Session) -> tuple[str, int | None]:
+        def work(session: Session) -> tuple[str, int | None, str | None]:
             # Check and write in one transaction, so a claim that changes hands in between
             # cannot receive the previous agent's verdict.
             row = session.execute(
-                select(Feature.status, Feature.owner, Feature.agent_id, Feature.lease_token).where(
+                select(Feature.status, Feature.owner, Feature.agent_id, Feature.lease_token, Feature.verify).where(
                     Feature.id == feature_id
                 )
             ).first()
             if row is None:
                 raise NotFoundError(f"no feature with id {feature_id}")
             if row.status == Status.CLAIMED.value and row.owner == agent_id:
-                return "self-claimed", row.lease_token
+                return "self-claimed", row.lease_token, row.verify
             if row.status != Status.CLAIMED.value or row.agent_id != agent_id:
                 raise InputError(f"feature #{feature_id} is not assigned to you (it is {row.status})")
             run_id = session.scalar(
@@ -533,12 +547,19 @@ class FeatureQueue:
                 update(AgentRun).where(AgentRun.id == run_id).values(reported_status=status, reported_notes=notes)
             )
             _log(session, [(f"reported:{status}", feature_id, agent_id, None)])
-            return "reported", None
+            return "reported", None, None
 
-        outcome, token = self.db.run(work)
+        outcome, token, command = self.db.run(work)
         if outcome == "reported":
             return outcome
         # A lead agent's own claim: release it directly; the token guard makes a race harmless.
+        # Passing means here what it means for the supervisor: the verify command exited 0.
+        if status == Status.PASSING.value and command:
+            if verify is None:
+                raise InputError(f"feature #{feature_id} has a verify command, and nothing here can run it")
+            result = verify(command)
+            if not result.passed:
+                status, notes = Status.FAILED.value, result.failure_notes(command, notes)
         return self.release(feature_id, agent_id, token, status, notes).status
 
     def claim_batch(self, count: int, agent_id: str) -> list[ClaimedFeature]:

@@ -29,6 +29,8 @@ ENV_PROJECT_DIR = "AGENT_MANAGER_PROJECT_DIR"
 ENV_AGENT_ID = "AGENT_MANAGER_AGENT_ID"
 ENV_FEATURE_ID = "AGENT_MANAGER_FEATURE_ID"
 ENV_LEASE_SECONDS = "AGENT_MANAGER_LEASE_SECONDS"
+ENV_VERIFY_TIMEOUT_SECONDS = "AGENT_MANAGER_VERIFY_TIMEOUT_SECONDS"
+DEFAULT_VERIFY_TIMEOUT_SECONDS = 600.0
 MAX_AGENT_ID = 200  # the width of the owner / agent_id columns
 
 
@@ -37,7 +39,8 @@ class Identity:
     """Who the caller is. Comes only from the server's environment, never from a tool argument.
 
     ``feature_id`` is the feature the supervisor assigned to this agent; ``None`` for a lead
-    agent that claims its own work with feature_claim_batch.
+    agent that claims its own work with feature_claim_batch (whose passing verdicts this server
+    verifies, within ``verify_timeout_seconds``).
     """
 
     database_url: str = field(repr=False)  # may carry a password
@@ -45,6 +48,7 @@ class Identity:
     agent_id: str
     feature_id: int | None = None
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    verify_timeout_seconds: float = DEFAULT_VERIFY_TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Identity:
@@ -71,7 +75,8 @@ class Identity:
             project_dir=project_dir,
             agent_id=agent_id,
             feature_id=_feature_id(env.get(ENV_FEATURE_ID, "").strip()),
-            lease_seconds=_lease_seconds(env.get(ENV_LEASE_SECONDS, "").strip()),
+            lease_seconds=_seconds(env, ENV_LEASE_SECONDS, DEFAULT_LEASE_SECONDS),
+            verify_timeout_seconds=_seconds(env, ENV_VERIFY_TIMEOUT_SECONDS, DEFAULT_VERIFY_TIMEOUT_SECONDS),
         )
 
 
@@ -87,15 +92,16 @@ def _feature_id(raw: str) -> int | None:
     return value
 
 
-def _lease_seconds(raw: str) -> float:
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
     if not raw:
-        return DEFAULT_LEASE_SECONDS
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise InputError(f"{ENV_LEASE_SECONDS}={raw!r} must be a positive number of seconds")
+        raise InputError(f"{name}={raw!r} must be a positive number of seconds")
     return value
 
 

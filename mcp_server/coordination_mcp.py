@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 from typing import Annotated
 
 from mcp.server.mcpserver import Context
 from pydantic import Field
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
+from api.errors import PathOutsideProjectError
 from api.queue import MAX_PATH_LENGTH
 from mcp_server import AppContext, tool_errors
 
@@ -16,7 +20,10 @@ FilePath = Annotated[
     Field(
         min_length=1,
         max_length=MAX_PATH_LENGTH,
-        description="A file inside the project: relative to the project root, or absolute.",
+        description=(
+            "A file inside the project, relative to the project root (e.g. src/App.tsx); "
+            "an absolute path must be inside the project directory."
+        ),
     ),
 ]
 
@@ -38,10 +45,11 @@ def claim_file(file_path: FilePath, ctx: Context[AppContext]) -> LockAnswer:
     success true: the file is yours (also when you already held it). success false: another
     agent holds it; the message names the feature that does. Work on other files and try
     again later. Release each lock with release_file when done; locks taken for your
-    assigned feature are also released when the feature is.
+    assigned feature are also released when the feature is. The lock is held in the name
+    this session gives you (an agent_id argument is ignored).
     """
     app = ctx.request_context.lifespan_context
-    with tool_errors():
+    with tool_errors(), _relative_path_hint(file_path, app.identity.project_dir):
         result = app.queue.claim_file(file_path, app.identity.agent_id, app.identity.feature_id)
     return LockAnswer(success=result.success, message=result.message)
 
@@ -49,10 +57,11 @@ def claim_file(file_path: FilePath, ctx: Context[AppContext]) -> LockAnswer:
 def release_file(file_path: FilePath, ctx: Context[AppContext]) -> LockAnswer:
     """Unlock a file you locked with claim_file, as soon as you are done editing it.
 
-    success false means you did not hold a lock on it.
+    success false means you did not hold a lock on it (who you are comes from this session;
+    an agent_id argument is ignored).
     """
     app = ctx.request_context.lifespan_context
-    with tool_errors():
+    with tool_errors(), _relative_path_hint(file_path, app.identity.project_dir):
         result = app.queue.release_file(file_path, app.identity.agent_id)
     return LockAnswer(success=result.success, message=result.message)
 
@@ -63,6 +72,20 @@ def list_file_locks(ctx: Context[AppContext]) -> list[LockInfo]:
     with tool_errors():
         locks = app.queue.file_locks()
     return [LockInfo(path=path, owner=owner, feature_id=feature_id) for path, owner, feature_id in locks]
+
+
+@contextlib.contextmanager
+def _relative_path_hint(file_path: str, project_dir: Path) -> Iterator[None]:
+    """Agents written for a project-rooted convention pass /src/App.tsx: say what to pass instead."""
+    try:
+        yield
+    except PathOutsideProjectError as exc:
+        path = PurePosixPath(file_path)
+        root = PurePosixPath(project_dir)
+        if not path.is_absolute() or path == root or root in path.parents:
+            raise  # the hint would not help: a relative path that leaves, or a link out of the project
+        example = "/".join(path.parts[1:]) or "src/App.tsx"
+        raise PathOutsideProjectError(f"{exc.message}: use a path relative to the project, e.g. {example}") from exc
 
 
 TOOLS = (claim_file, release_file, list_file_locks)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Literal
 
+import anyio.from_thread
+import anyio.to_thread
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
+from api.verify import VerifyResult, run_verify
 from mcp_server import AppContext, tool_errors
 
 MAX_NOTES = 20_000
@@ -31,7 +35,8 @@ Notes = Annotated[
     Field(
         max_length=MAX_NOTES,
         description=(
-            "What you did, what is left, and what the next agent should know. Plain text, at most 20000 characters."
+            "What you did, what is left, and what the next agent should know. Plain text, at most 20000 "
+            "characters; optional."
         ),
     ),
 ]
@@ -70,6 +75,7 @@ class BatchFeature(TypedDict):
     description: str
     category: str
     steps: list[str]
+    verify: str | None
 
 
 def feature_get(ctx: Context[AppContext]) -> Assignment:
@@ -101,20 +107,39 @@ def feature_get(ctx: Context[AppContext]) -> Assignment:
     )
 
 
-def feature_release(feature_id: FeatureId, status: Verdict, notes: Notes, ctx: Context[AppContext]) -> ReleaseAnswer:
+async def feature_release(
+    feature_id: FeatureId, status: Verdict, ctx: Context[AppContext], notes: Notes = ""
+) -> ReleaseAnswer:
     """Report your verdict on a feature you hold and stop working on it.
 
-    status "passing": you built it and checked its steps. The feature's verify command, if
-    it has one, may still be run before it counts as passing. status "failed": you could
-    not make it work (it may be retried by another attempt). status "pending": give it back
-    unfinished, for example when it is blocked on something outside your control. Put what
-    you did and what remains in notes: the next agent and the dependent features read them.
-    Your file locks on the feature are released with it. You can only release your own
-    features.
+    status "passing": you built it and checked its steps; it counts only if the feature's
+    verify command, if it has one, then exits 0. For a feature you claimed with
+    feature_claim_batch this server runs that command in the project directory before
+    answering: if it fails, the answer has success false with the command's output, and the
+    release is a failed attempt (the feature is retried until its attempts run out). For a
+    feature you were assigned, the supervisor runs it after your session. status "failed":
+    you could not make it work (it may be retried by another attempt). status "pending": give
+    it back unfinished, for example when it is blocked on something outside your control.
+    Put what you did and what remains in notes: the next agent and the dependent features
+    read them. Your file locks on the feature are released with it. You can only release
+    your own features: who you are comes from this session (an agent_id argument is ignored).
     """
     app = ctx.request_context.lifespan_context
+    checked: list[tuple[str, VerifyResult]] = []
+
+    def verify(command: str) -> VerifyResult:
+        # Called by report on its worker thread; the command runs on this server's event loop
+        # while the lease keeper goes on renewing the agent's claims.
+        result = anyio.from_thread.run(
+            run_verify, command, app.identity.project_dir, app.identity.verify_timeout_seconds
+        )
+        checked.append((command, result))
+        return result
+
     with tool_errors():
-        stored = app.queue.report(app.identity.agent_id, feature_id, status, notes)
+        stored = await anyio.to_thread.run_sync(
+            functools.partial(app.queue.report, app.identity.agent_id, feature_id, status, notes, verify=verify)
+        )
     if stored == "reported":
         follow_up = {
             "passing": "the supervisor checks it (it may run the verify command) and records the outcome",
@@ -122,20 +147,33 @@ def feature_release(feature_id: FeatureId, status: Verdict, notes: Notes, ctx: C
             "pending": "the supervisor puts the feature back in the queue unfinished",
         }[status]
         message = f"recorded {status!r} for feature #{feature_id}: {follow_up}. Stop working on it now."
-    else:
-        message = f"feature #{feature_id} is now {stored}."
-        if status == "failed" and stored == "pending":
-            message += " The failed attempt was counted; it will be retried."
+        return ReleaseAnswer(success=True, status=stored, message=message)
+    if checked and not checked[0][1].passed:
+        command, result = checked[0]
+        after = (
+            "the failed attempt was counted; it is back to pending and will be retried"
+            if stored == "pending"
+            else f"no attempts left: it is now {stored}"
+        )
+        message = f"feature #{feature_id} is not passing ({after}): its {result.summary(command)}"
+        return ReleaseAnswer(success=False, status=stored, message=message)
+    message = f"feature #{feature_id} is now {stored}."
+    if checked:
+        message = f"verify command `{checked[0][0]}` passed; {message}"
+    elif status == "failed" and stored == "pending":
+        message += " The failed attempt was counted; it will be retried."
     return ReleaseAnswer(success=True, status=stored, message=message)
 
 
 def feature_claim_batch(count: BatchCount, ctx: Context[AppContext]) -> list[BatchFeature]:
     """Claim up to `count` features that are ready to build (their dependencies pass), best first.
 
-    For a lead agent without an assigned feature that works through features itself. The
-    claims are yours: they stay yours while this session runs; finish each one with
-    feature_release (passing, failed, or pending to give it back). An empty list means no
-    feature is ready right now.
+    For a lead agent without an assigned feature that works through features itself. Each
+    comes with its acceptance steps and its verify command (null when it has none): passing
+    requires that command to exit 0 in the project directory, so run it yourself before you
+    report. The claims are yours: they stay yours while this session runs; finish each one
+    with feature_release (passing, failed, or pending to give it back). An empty list means
+    no feature is ready right now.
     """
     app = ctx.request_context.lifespan_context
     if app.identity.feature_id is not None:
@@ -148,7 +186,9 @@ def feature_claim_batch(count: BatchCount, ctx: Context[AppContext]) -> list[Bat
     if claimed:
         app.leases.start()
     return [
-        BatchFeature(id=c.id, name=c.name, description=c.description, category=c.category, steps=list(c.steps))
+        BatchFeature(
+            id=c.id, name=c.name, description=c.description, category=c.category, steps=list(c.steps), verify=c.verify
+        )
         for c in claimed
     ]
 

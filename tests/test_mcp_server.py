@@ -123,8 +123,8 @@ def test_feature_get_without_an_assignment_points_to_feature_claim_batch(queue: 
     run(scenario)
 
 
-def test_feature_release_records_the_verdict_on_the_running_attempt(queue: FeatureQueue) -> None:
-    queue.import_specs([spec("login")])
+def test_feature_release_records_the_verdict_on_the_running_attempt(queue: FeatureQueue, project: Path) -> None:
+    queue.import_specs([spec("login", verify="touch verify-ran; exit 1")])
     claim = queue.claim(1, "sup")[0]
     queue.start_run(claim, "sonnet")
 
@@ -139,8 +139,9 @@ def test_feature_release_records_the_verdict_on_the_running_attempt(queue: Featu
     run(scenario)
     last = queue.runs(claim.id)[-1]
     assert (last.reported_status, last.reported_notes) == ("passing", "form works")
-    # The supervisor, not the agent, turns the verdict into the outcome.
+    # The supervisor, not the agent, turns the verdict into the outcome, and runs verify itself.
     assert queue.status_report().features[0].status == "claimed"
+    assert not (project / "verify-ran").exists()
 
 
 def test_feature_release_refuses_what_the_agent_may_not_do_and_changes_nothing(queue: FeatureQueue) -> None:
@@ -160,7 +161,6 @@ def test_feature_release_refuses_what_the_agent_may_not_do_and_changes_nothing(q
         ({"feature_id": -1, "status": "passing", "notes": ""}, "feature_id"),
         ({"feature_id": mine.id, "status": ["passing"], "notes": ""}, "status"),
         ({"feature_id": mine.id, "status": "passing", "notes": {"text": "done"}}, "notes"),
-        ({"feature_id": mine.id, "status": "passing"}, "notes"),
         ({"feature_id": mine.id, "status": "passing", "notes": "n" * 20_001}, "20000"),
     ]
 
@@ -200,7 +200,7 @@ def test_feature_claim_batch_claims_ready_features_that_feature_release_finalise
             assert not first.is_error, text(first)
             claimed = {f["name"]: f for f in first.structured_content["result"]}
             assert set(claimed) == {"base", "side"}
-            assert set(claimed["base"]) == {"id", "name", "description", "category", "steps"}
+            assert set(claimed["base"]) == {"id", "name", "description", "category", "steps", "verify"}
             owners = {f.name: f.owner for f in queue.status_report().features}
             assert owners == {"base": "lead-1", "side": "lead-1", "top": None}
 
@@ -218,6 +218,130 @@ def test_feature_claim_batch_claims_ready_features_that_feature_release_finalise
     statuses = {f.name: f.status for f in queue.status_report().features}
     # "top" was still held when the lead went away: given back, not left claimed.
     assert statuses == {"base": "passing", "top": "pending", "side": "pending"}
+
+
+def test_a_lead_agents_passing_counts_only_once_the_features_verify_command_passes(
+    queue: FeatureQueue, project: Path
+) -> None:
+    check = "test -f proof.txt || { echo proof.txt is missing >&2; exit 3; }"
+    queue.import_specs(
+        [spec("checked", verify=check, max_attempts=2), spec("last-try", verify="exit 1", max_attempts=1), spec("free")]
+    )
+
+    def feature(name: str) -> Any:
+        return next(f for f in queue.status_report().features if f.name == name)
+
+    async def scenario() -> None:
+        async with agent(queue, "lead-1") as client:
+            first = await call(client, "feature_claim_batch", count=3)
+            claimed = {f["name"]: f["id"] for f in first.structured_content["result"]}
+            verify = {f["name"]: f["verify"] for f in first.structured_content["result"]}
+            assert verify == {"checked": check, "last-try": "exit 1", "free": None}
+
+            refused = await call(
+                client, "feature_release", feature_id=claimed["checked"], status="passing", notes="done"
+            )
+            assert not refused.is_error, text(refused)
+            answer = refused.structured_content
+            assert (answer["success"], answer["status"]) == (False, "pending")
+            assert f"verify command `{check}` exited 3" in answer["message"]
+            assert "proof.txt is missing" in answer["message"] and "retried" in answer["message"]
+            checked = feature("checked")
+            assert (checked.status, checked.attempts) == ("pending", 1)
+            assert checked.notes == (
+                f"verify command `{check}` exited 3; output tail:\nproof.txt is missing\n\nThe agent's notes: done"
+            )
+
+            last = await call(client, "feature_release", feature_id=claimed["last-try"], status="passing")
+            assert (last.structured_content["success"], last.structured_content["status"]) == (False, "failed")
+            free = await call(client, "feature_release", feature_id=claimed["free"], status="passing")
+            assert free.structured_content["status"] == "passing"
+
+            again = await call(client, "feature_claim_batch", count=3)
+            assert [f["name"] for f in again.structured_content["result"]] == ["checked"]
+            (project / "proof.txt").write_text("built\n")
+            passed = await call(client, "feature_release", feature_id=claimed["checked"], status="passing")
+            assert (passed.structured_content["success"], passed.structured_content["status"]) == (True, "passing")
+            assert f"`{check}` passed" in passed.structured_content["message"]
+
+    run(scenario)
+    assert {f.name: (f.status, f.attempts) for f in queue.status_report().features} == {
+        "checked": ("passing", 2),
+        "last-try": ("failed", 1),
+        "free": ("passing", 1),
+    }
+
+
+def test_a_lead_agent_keeps_its_claim_while_verify_runs(db_url: str, project: Path) -> None:
+    db = Database(db_url)
+    db.migrate()
+    queue = FeatureQueue(db, project_dir=project, lease_seconds=0.6)  # a heartbeat every 0.2 s
+    # Two FIFOs: the command says when it runs, and runs until the test writes a line.
+    for fifo in ("started", "go"):
+        os.mkfifo(project / fifo)
+    started = os.open(project / "started", os.O_RDONLY | os.O_NONBLOCK)
+    go = os.open(project / "go", os.O_RDWR)  # a writer from the start: the command's read waits for data
+    queue.import_specs([spec("slow-check", verify="echo > started; read line < go")])
+
+    def expiry() -> Any:
+        return db.run(lambda s: s.scalar(select(Feature.lease_expires_at)), read_only=True)
+
+    async def scenario() -> None:
+        async with agent(queue, "lead-1") as client:
+            claimed = await call(client, "feature_claim_batch", count=1)
+            feature_id = claimed.structured_content["result"][0]["id"]
+            answers = []
+
+            async def release() -> None:
+                answers.append(await call(client, "feature_release", feature_id=feature_id, status="passing"))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(release)
+                await anyio.wait_readable(started)
+                seen = {expiry()}
+                while len(seen) < 5:  # renewed 4 times while verify runs: longer than a whole lease
+                    await anyio.sleep(0.05)
+                    seen.add(expiry())
+                assert queue.reap_expired() == []
+                os.write(go, b"go\n")
+            assert answers[0].structured_content["status"] == "passing", answers[0].structured_content
+
+    try:
+        run(scenario)
+    finally:
+        os.close(started)
+        os.close(go)
+        db.dispose()
+
+
+def test_an_agent_written_against_the_seed_contract_calls_the_tools_its_way(queue: FeatureQueue) -> None:
+    """feature_release(feature_id, status, notes="") and claim_file(file_path, agent_id): notes may
+    be left out, and an agent_id argument is ignored (the session says who the caller is)."""
+    queue.import_specs([spec("app"), spec("assigned")])
+    assigned = queue.claim(1, "sup")[0]
+    queue.start_run(assigned, "sonnet")
+
+    async def scenario() -> None:
+        async with agent(queue, "lead-1") as lead, agent(queue, assigned.agent_id, assigned.id) as worker:
+            claimed = await call(lead, "feature_claim_batch", count=1)
+            app = claimed.structured_content["result"][0]["id"]
+            locked = await call(lead, "claim_file", file_path="src/App.tsx", agent_id="agent-7")
+            assert locked.structured_content == {"success": True, "message": "locked src/App.tsx"}
+            assert queue.file_locks() == [("src/App.tsx", "lead-1", None)]
+            forged = await call(worker, "release_file", file_path="src/App.tsx", agent_id="lead-1")
+            assert forged.structured_content["success"] is False
+            unlocked = await call(lead, "release_file", file_path="src/App.tsx", agent_id="agent-7")
+            assert unlocked.structured_content["success"] is True
+
+            done = await call(lead, "feature_release", feature_id=app, status="passing")
+            assert not done.is_error, text(done)
+            assert done.structured_content["status"] == "passing"
+            reported = await call(worker, "feature_release", feature_id=assigned.id, status="failed")
+            assert not reported.is_error, text(reported)
+
+    run(scenario)
+    assert queue.runs(assigned.id)[-1].reported_status == "failed"
+    assert queue.runs(assigned.id)[-1].reported_notes == ""
 
 
 def test_feature_claim_batch_is_refused_to_an_agent_with_an_assignment(queue: FeatureQueue) -> None:
@@ -393,6 +517,25 @@ def test_paths_outside_the_project_are_errors_and_lock_nothing(
     assert snapshot(queue) == before
 
 
+def test_a_project_rooted_path_is_refused_with_a_hint_to_use_a_path_relative_to_the_project(
+    queue: FeatureQueue,
+) -> None:
+    queue.import_specs([spec("ui")])
+    claim = queue.claim(1, "sup")[0]
+    before = snapshot(queue)
+
+    async def scenario() -> None:
+        async with agent(queue, claim.agent_id, claim.id) as client:
+            for tool in ("claim_file", "release_file"):
+                result = await call(client, tool, file_path="/src/App.tsx")
+                assert result.is_error, (tool, result.structured_content)
+                assert "'/src/App.tsx' is outside the project" in text(result)
+                assert text(result).endswith("use a path relative to the project, e.g. src/App.tsx"), text(result)
+
+    run(scenario)
+    assert snapshot(queue) == before
+
+
 def test_an_unavailable_database_is_a_readable_tool_error(project: Path) -> None:
     db = Database(f"postgresql+psycopg://nobody@127.0.0.1:{unused_port()}/none")
     queue = FeatureQueue(db, project_dir=project)
@@ -475,12 +618,59 @@ def test_stdio_server_serves_the_tools_and_locks_files_in_the_database(sqlite_ur
     print(f"\nstdio claim_file+release_file round trip over {len(latencies)}: p50 {p50:.2f} ms, p95 {p95:.2f} ms")
 
 
+def test_stdio_server_runs_a_lead_agents_verify_with_the_timeout_from_its_environment(
+    sqlite_url: str, project: Path
+) -> None:
+    db = Database(sqlite_url)
+    db.migrate()
+    queue = FeatureQueue(db, project_dir=project)
+    queue.import_specs(
+        [
+            # A verify's output never reaches the server's stdout, the protocol's channel.
+            spec("noisy", verify="seq 1 20000; echo broken >&2; exit 4"),
+            spec("slow", verify="sleep 30"),
+            spec("serves", verify="sleep 60 & echo up"),  # what it leaves running does not hold it up
+        ]
+    )
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mcp_server"],
+        env=server_env(sqlite_url, project, AGENT_MANAGER_AGENT_ID="lead-1", AGENT_MANAGER_VERIFY_TIMEOUT_SECONDS="1"),
+        cwd=str(project),
+    )
+
+    async def scenario() -> None:
+        async with Client(params, mode="legacy") as client:
+            claimed = await call(client, "feature_claim_batch", count=3)
+            ids = {f["name"]: f["id"] for f in claimed.structured_content["result"]}
+            answers = {}
+            for name in ("noisy", "slow", "serves"):
+                answer = await call(client, "feature_release", feature_id=ids[name], status="passing")
+                assert not answer.is_error, text(answer)
+                answers[name] = answer.structured_content
+            assert answers["noisy"]["success"] is False
+            assert "exited 4" in answers["noisy"]["message"] and "20000\nbroken" in answers["noisy"]["message"]
+            assert answers["slow"]["success"] is False and "timed out" in answers["slow"]["message"]
+            assert (answers["serves"]["success"], answers["serves"]["status"]) == (True, "passing")
+
+    try:
+        run(scenario)
+        assert {f.name: (f.status, f.attempts) for f in queue.status_report().features} == {
+            "noisy": ("pending", 1),
+            "slow": ("pending", 1),
+            "serves": ("passing", 1),
+        }
+    finally:
+        db.dispose()
+
+
 @pytest.mark.parametrize(
     ("drop", "extra", "named"),
     [
         ("AGENT_MANAGER_DATABASE_URL", {}, "AGENT_MANAGER_DATABASE_URL"),
         ("AGENT_MANAGER_PROJECT_DIR", {}, "AGENT_MANAGER_PROJECT_DIR"),
         (None, {"AGENT_MANAGER_FEATURE_ID": "seven"}, "AGENT_MANAGER_FEATURE_ID"),
+        (None, {"AGENT_MANAGER_VERIFY_TIMEOUT_SECONDS": "0"}, "AGENT_MANAGER_VERIFY_TIMEOUT_SECONDS"),
     ],
 )
 def test_stdio_server_without_its_environment_exits_2_with_one_line(
