@@ -17,14 +17,15 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from api.database import Database
 from api.features_file import FeatureSpec
-from api.models import AgentRun, Feature
+from api.models import AgentRun, Feature, utcnow
 from api.queue import ClaimedFeature, FeatureQueue
 from supervisor.live import PlainView
 from supervisor.loop import AgentState, RunOptions, Supervisor
@@ -228,6 +229,111 @@ def test_two_supervisors_share_one_queue_and_the_survivor_finishes_what_a_killed
         kept: second.pid,  # reclaimed after its lease expired
         **{name: second.pid for name in held[second.pid]},
     }
+
+
+# -- a supervisor loses a lease ------------------------------------------------------------------------
+
+SECOND = "elsewhere:4242:second"  # another supervisor's owner name (host:pid:random)
+
+
+def claim_row(queue: FeatureQueue, feature_id: int) -> tuple[str, str | None, str | None, int, int]:
+    """(status, owner, agent id, lease token, attempts) of a feature, as stored."""
+    return queue.db.run(
+        lambda s: tuple(
+            s.execute(
+                select(Feature.status, Feature.owner, Feature.agent_id, Feature.lease_token, Feature.attempts).where(
+                    Feature.id == feature_id
+                )
+            ).one()
+        ),
+        read_only=True,
+    )
+
+
+def take_over(queue: FeatureQueue, feature_id: int, owner: str) -> ClaimedFeature:
+    """Claim a feature held by a live supervisor the way another supervisor would once its lease ran out."""
+    deadline = time.monotonic() + 30
+    while claim_row(queue, feature_id)[0] != "pending":
+        # The lease runs out; the holder's next renewal may still land first: then again.
+        queue.db.run(
+            lambda s: s.execute(
+                update(Feature)
+                .where(Feature.id == feature_id, Feature.status == "claimed")
+                .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+            )
+        )
+        queue.reap_expired()  # or the holder's own reaper got there first: pending either way
+        assert time.monotonic() < deadline, "the lease never ran out"
+    (taken,) = queue.claim(1, owner)
+    assert taken.id == feature_id
+    return taken
+
+
+def model_requests(run: Run, session: str) -> int:
+    """Requests of one CLI session that reached the model, counted on arrival (a held one included)."""
+    return sum(
+        1
+        for r in run.server.raw_requests
+        if {k.lower(): v for k, v in r.headers.items()}.get("x-claude-code-session-id") == session
+    )
+
+
+def test_a_session_whose_lease_another_supervisor_took_over_is_stopped_and_the_new_claim_is_left_alone(
+    make_run: Callable[..., Run], database_url: str | None
+) -> None:
+    holds = Holds(["contested"])
+    brain = Agents(holds.hooks())
+    run = make_run(brain, [{"name": "contested", "category": "backend"}], database_url)
+    first = run.start("--max-agents", "1", *LEASE)  # renews its leases every second
+    second = FeatureQueue(Database(run.db_url), project_dir=run.project, lease_seconds=HOLD_S)
+    try:
+        assert holds.wait_working(), "the agent never got to work"  # it wrote contested.txt: it holds the lock
+        (cli,) = clis(descendants(first.pid))
+        (session,) = [s for s, name in brain.session_feature.items() if name == "contested"]
+        asked = model_requests(run, session)
+        (fid,) = [f.id for f in second.status_report().features]
+        _, first_owner, first_agent, _, _ = claim_row(second, fid)
+        # A second supervisor finds the lease run out (the first missed its renewals: a stalled
+        # event loop, a suspended machine), returns the claim to pending and claims the feature.
+        taken = take_over(second, fid, SECOND)
+        assert second.claim_file("contested.txt", taken.agent_id, fid).success  # the new agent's lock
+        # A lock the first supervisor's agent takes before its supervisor learns of the loss (its
+        # write guard asks nothing of the lease, and it learns within a heartbeat): it must go too.
+        assert second.claim_file("straggler.txt", first_agent, fid).success
+        assert taken.attempts == 0
+        # Stopped within a heartbeat (a second here) and the CLI's exit; bounded for a loaded machine.
+        assert_all_exit({cli: "the first supervisor's claude"}, timeout=10)
+        holds.release()  # the held request gets its answer, into a closed connection
+        # (wait_until holds the server's lock while it asks: read .requests, not requests_for())
+        answered = lambda: sum(r.session == session for r in run.server.requests) >= asked  # noqa: E731
+        assert run.server.wait_until(answered, 30), "the held request was never answered"
+
+        def closed_by_first() -> str | None:
+            mine = [outcome for _, owner, outcome, _ in runs_table(run) if owner == first_owner]
+            return mine[0] if mine and mine[0] not in (None, "expired") else None  # "expired": the reaper's
+
+        wait_for(closed_by_first, 30, "the first supervisor to close its attempt")
+        assert closed_by_first() == "interrupted"
+        # The new owner's claim is untouched: its status, owner, token and attempts; no attempt used.
+        assert claim_row(second, fid) == ("claimed", SECOND, taken.agent_id, taken.lease_token, 0)
+        assert second.file_locks() == [("contested.txt", taken.agent_id, fid)]
+        # The second supervisor's agent finishes; the first, with nothing left to run, then ends.
+        second.release(fid, SECOND, taken.lease_token, "passing", "built by the second supervisor")
+        out, err = first.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        holds.release()
+        first.kill()
+        second.db.dispose()
+
+    assert first.returncode == 0, out + err
+    assert f"feature #{fid}: lease lost; stopping its session" in out, out
+    assert model_requests(run, session) == asked  # not one request after the hold
+    assert run.server.sessions == [session]  # and the first supervisor started no other
+    feature = run.status()["by_name"]["contested"]
+    assert (feature["status"], feature["attempts"]) == ("passing", 1)
+    assert feature["notes"] == "built by the second supervisor"
+    assert [(owner, outcome) for _, owner, outcome, _ in runs_table(run)] == [(first_owner, "interrupted")]
+    assert run.queue().file_locks() == []
 
 
 # -- an agent's process dies -----------------------------------------------------------------------
