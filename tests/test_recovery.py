@@ -454,7 +454,7 @@ def test_an_api_outage_past_its_limit_stops_the_run_with_the_cause_and_keeps_eve
 ) -> None:
     features = [{"name": f"task-{i}", "category": "backend"} for i in range(3)]
     run = make_run(Agents(), features, outage_limit_seconds=3)
-    run.server.fail_all(500)
+    run.server.fail_all(500, agent_loop_only=True)  # the start-up probe passes; sessions meet the outage
     done = run.supervise("--max-agents", "2", *LEASE)
 
     assert done.returncode == 1, done.stdout + done.stderr
