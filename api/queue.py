@@ -1066,7 +1066,7 @@ def _status_report(session: Session) -> StatusReport:
     for fid, dep_id in session.execute(select(FeatureDependency.feature_id, FeatureDependency.depends_on_id)):
         deps[fid].append(dep_id)
     status = {r.id: r.status for r in rows}
-    blocked = dag.blocked_set(dag.build_graph(deps), status)
+    blocked = dag.blocked_set(deps, status)
     return StatusReport(
         tuple(
             FeatureView(

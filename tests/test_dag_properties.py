@@ -100,7 +100,7 @@ def test_blocked_set_is_exactly_the_unfinished_descendants_of_failed_features(ca
     g, status = case
     below = set().union(*(g.descendants(n) for n in g.nodes if status[n] == "failed"))
     expected = {n for n in below if status[n] not in UNFINISHED_EXCLUDES}
-    assert dag.blocked_set(g.graph(), status) == expected
+    assert dag.blocked_set(g.deps, status) == expected
 
 
 @given(dags())
@@ -188,7 +188,8 @@ def test_queue_claims_only_ready_features_and_reports_blocked_like_the_dag(
         FeatureSpec(name=name(n), priority=priorities[n], depends_on=tuple(name(d) for d in g.deps[n]), max_attempts=1)
         for n in g.nodes
     ]
-    graph = dag.build_graph({name(n): [name(d) for d in g.deps[n]] for n in g.nodes})
+    deps_by_name = {name(n): [name(d) for d in g.deps[n]] for n in g.nodes}
+    graph = dag.build_graph(deps_by_name)
     priority_by_name = {name(n): p for n, p in priorities.items()}
     with fresh_queue() as queue:
         queue.import_specs(specs)
@@ -209,9 +210,9 @@ def test_queue_claims_only_ready_features_and_reports_blocked_like_the_dag(
 
             after = stored_status(queue)
             reported = {f.name for f in queue.status_report().features if f.status == "blocked"}
-            assert reported == dag.blocked_set(graph, after)
+            assert reported == dag.blocked_set(deps_by_name, after)
         else:
             pytest.fail("the queue handed out more claims than there are features")
         final = stored_status(queue)
         assert set(final.values()) <= {"passing", "failed", "pending"}
-        assert {n for n, s in final.items() if s == "pending"} == dag.blocked_set(graph, final)
+        assert {n for n, s in final.items() if s == "pending"} == dag.blocked_set(deps_by_name, final)
