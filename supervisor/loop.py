@@ -457,7 +457,8 @@ class Supervisor:
         if status is None or status == 429 or status >= 500:
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
-            self._outage_cause = f"the CLI is retrying ({event.detail})"
+            retried = f"while the claude CLI retried ({event.detail})"
+            self._outage_cause = f"API unavailable ({status or 'connection'}) {retried}"
 
     async def _check_outage(self) -> None:
         """An outage that outlasts outage_limit_seconds stops the run, even mid-retry in the CLI."""

@@ -422,7 +422,8 @@ class FakeModelServer:
         self._persistent: HttpError | None = None
         self._persistent_everywhere = False
         self._memo: dict[tuple[str, str], Reply] = {}
-        self._lock = threading.Lock()
+        # Reentrant: a wait_until predicate may call requests_for() and the like, which take it too.
+        self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # notified whenever a request is logged
         self._ids = itertools.count(1)
         self._server = _HTTPServer((host, port), self._handler_class())
