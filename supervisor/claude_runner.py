@@ -50,10 +50,9 @@ BUILTIN_TOOLS = (
     "Bash", "BashOutput", "KillShell", "TodoWrite",
 )  # fmt: skip
 WRITE_TOOLS = "Write|Edit|MultiEdit|NotebookEdit"
-_INTERRUPT_GRACE_S = 5.0
 # From starting the CLI to its answer to the SDK's initialize request (the SDK itself waits 60 s).
 STARTUP_TIMEOUT_S = 60.0
-# A cancelled session is interrupted and its final result read, so that what it spent is recorded.
+# A session we stop is interrupted and its final result read, so that what it spent is recorded.
 _WIND_DOWN_S = 3.0
 _STDERR_LINES = 20
 SYNTHETIC_MODEL = "<synthetic>"  # what the CLI names the model of its own error messages
@@ -352,12 +351,9 @@ class ClaudeRunner:
             while True:
                 try:
                     result = await self._drain(client, task, progress, transcript, on_activity, deadline)
-                except _Timeout:
-                    await _interrupt(client)
-                    raise
-                except asyncio.CancelledError:
-                    # Stopped by the supervisor (shutdown, lost lease): end the turn and read the
-                    # CLI's final result, so what the session spent is reported before it goes.
+                except (_Timeout, asyncio.CancelledError):
+                    # Timed out, stalled or stopped by the supervisor (shutdown, lost lease): end the
+                    # turn and read the CLI's final result, so what the session spent is recorded.
                     await self._wind_down(client, task, progress, transcript, on_activity)
                     raise
                 if result is None:
@@ -539,13 +535,6 @@ async def _disconnect(client: ClaudeSDKClient) -> None:
     try:
         await client.disconnect()
     except Exception:  # noqa: BLE001 - a CLI that never started or already died has nothing to close
-        pass
-
-
-async def _interrupt(client: ClaudeSDKClient) -> None:
-    try:
-        await asyncio.wait_for(client.interrupt(), timeout=_INTERRUPT_GRACE_S)
-    except Exception:  # noqa: BLE001 - the session is being torn down either way
         pass
 
 

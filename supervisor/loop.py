@@ -194,9 +194,8 @@ class Supervisor:
         while not self._stopping and self._fatal is None:
             problem = await check()
             if problem is None:
-                if self._outage_since is not None:
-                    self.view.note("the API answers again")
-                    self._outage_since, self._outage_failures = None, 0
+                self._outage_over()
+                self._outage_failures = 0  # no session failed: sessions start from the first backoff
                 return
             self._after_infrastructure(problem)
             await self._sleep_or_wake(max(0.0, self._paused_until - time.monotonic()))
@@ -447,6 +446,9 @@ class Supervisor:
         The backoff between failed sessions keeps growing until one ends without an API error.
         """
         self._api_answered = True
+        self._outage_over()
+
+    def _outage_over(self) -> None:
         if self._outage_since is not None:
             self.view.note("the API answers again")
         self._outage_since = None
@@ -488,7 +490,7 @@ class Supervisor:
                 status, notes = "failed", result.failure_notes(claim.verify, notes)
                 outcome = dataclasses.replace(outcome, message=result.summary(claim.verify))
         reported = record.reported_status is not None
-        if status == "pending" and count is False and reported and outcome.ending is Ending.COMPLETED:
+        if status == "pending" and count is False and outcome.ending is Ending.COMPLETED:
             self._given_back[claim.id] += 1
             if self._given_back[claim.id] >= self.options.policy.max_attempts:
                 status, count = "failed", True

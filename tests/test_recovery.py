@@ -441,6 +441,8 @@ def test_api_faults_mid_session_use_no_attempt_and_only_a_timed_out_session_uses
         assert f"API unavailable ({status})" in mine[0][1], (name, mine)
     slow = [(outcome, error) for feature, _, outcome, error in runs if feature == "slow"]
     assert slow == [("timeout", f"timed out after {SESSION_TIMEOUT_S} s"), ("passing", None)]
+    timed_out, _ = run.queue().runs(next(f["id"] for f in report["features"] if f["name"] == "slow"))
+    assert timed_out.num_turns >= 1 and timed_out.cost_usd > 0  # what the stopped session spent is recorded
     pauses = [line for line in done.stdout.splitlines() if "pausing new claims" in line]
     assert len(pauses) == len(API_FAULTS), done.stdout
     for _, status in API_FAULTS.values():
