@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,6 +19,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from api.records import Status
+
 # Stable constraint names so SQLite batch migrations and autogenerate agree.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -35,17 +36,7 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-class Status(str, enum.Enum):
-    """Stored feature statuses. ``blocked`` is derived, never stored."""
-
-    PENDING = "pending"
-    CLAIMED = "claimed"
-    PASSING = "passing"
-    FAILED = "failed"
-    NEEDS_INPUT = "needs_input"
-
-
-BLOCKED = "blocked"
+BLOCKED = Status.BLOCKED  # derived, never stored
 
 
 class Base(DeclarativeBase):
@@ -66,7 +57,7 @@ class Feature(Base):
     max_attempts: Mapped[int | None] = mapped_column(Integer)
     max_cost_usd: Mapped[float | None] = mapped_column(Float)
 
-    status: Mapped[str] = mapped_column(String(20), default=Status.PENDING.value, server_default="pending")
+    status: Mapped[str] = mapped_column(String(20), default=Status.PENDING, server_default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Dependencies not yet passing; kept in step by api.queue so the ready set is an index range scan.
     unmet_deps: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

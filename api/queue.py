@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +39,21 @@ from api import dag
 from api.database import Database
 from api.errors import FeaturesFileError, InputError, LeaseLostError, NotFoundError, PathOutsideProjectError
 from api.features_file import FeatureSpec
-from api.models import BLOCKED, AgentRun, Event, Feature, FeatureDependency, FileLock, Status, utcnow
+from api.models import AgentRun, Event, Feature, FeatureDependency, FileLock, utcnow
+from api.records import (
+    ClaimedFeature,
+    DependencyNote,
+    FeatureContext,
+    FeatureView,
+    HeartbeatResult,
+    ImportReport,
+    LockResult,
+    ReleaseResult,
+    RunRecord,
+    Status,
+    StatusReport,
+    Verdict,
+)
 
 if TYPE_CHECKING:
     from api.verify import VerifyResult
@@ -49,125 +61,6 @@ if TYPE_CHECKING:
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_LEASE_SECONDS = 90.0
 MAX_PATH_LENGTH = 1024
-
-
-@dataclass(frozen=True)
-class ClaimedFeature:
-    """A feature this caller now holds; ``lease_token`` must accompany its release."""
-
-    id: int
-    name: str
-    description: str
-    category: str
-    priority: int
-    steps: tuple[str, ...]
-    verify: str | None
-    model: str | None
-    max_attempts: int | None
-    attempts: int
-    notes: str
-    owner: str
-    agent_id: str
-    lease_token: int
-    lease_expires_at: datetime
-    max_cost_usd: float | None = None
-    cost_usd: float = 0.0  # spent on this feature by earlier attempts
-
-
-@dataclass(frozen=True)
-class ReleaseResult:
-    feature_id: int
-    status: str  # the stored status after the release (a failed attempt may be back to pending)
-    attempts: int
-    applied: bool  # False when this exact release had already been applied
-
-
-@dataclass(frozen=True)
-class HeartbeatResult:
-    renewed: frozenset[int]
-    lost: frozenset[int]  # features the caller said it held that are no longer its own
-
-
-@dataclass(frozen=True)
-class LockResult:
-    success: bool
-    message: str
-    path: str = ""
-
-
-@dataclass(frozen=True)
-class FeatureView:
-    """A feature as `status` shows it; ``status`` includes the derived ``blocked``."""
-
-    id: int
-    name: str
-    category: str
-    status: str
-    attempts: int
-    model: str | None
-    cost_usd: float
-    depends_on: tuple[str, ...]
-    notes: str
-    priority: int
-    critical_path: int
-    owner: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "category": self.category,
-            "status": self.status,
-            "attempts": self.attempts,
-            "model": self.model,
-            "cost_usd": round(self.cost_usd, 6),
-            "depends_on": list(self.depends_on),
-            "notes": self.notes,
-        }
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One agent attempt (a row of agent_runs)."""
-
-    id: int
-    feature_id: int
-    attempt: int
-    agent_id: str
-    model: str | None
-    session_id: str | None
-    outcome: str | None
-    reported_status: str | None
-    reported_notes: str | None
-    num_turns: int | None
-    input_tokens: int | None
-    output_tokens: int | None
-    cost_usd: float | None
-    transcript_path: str | None
-    error: str | None
-    started_at: datetime
-    ended_at: datetime | None
-
-
-@dataclass(frozen=True)
-class StatusReport:
-    features: tuple[FeatureView, ...]
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return dict(Counter(f.status for f in self.features))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"features": [f.to_json() for f in self.features], "counts": self.counts}
-
-
-@dataclass(frozen=True)
-class ImportReport:
-    added: tuple[str, ...]
-    updated: tuple[str, ...]
-    unchanged: tuple[str, ...]
-    skipped: tuple[str, ...]  # already claimed or finished: left as they are
-    kept: tuple[str, ...]  # in the database but not in the file: kept, never deleted
 
 
 def resolve_project_path(project_dir: Path, file_path: str) -> str:
@@ -242,52 +135,34 @@ class FeatureQueue:
         feature_id: int,
         owner: str,
         token: int,
-        status: str,
+        status: str | Verdict,
         notes: str = "",
-        *,
-        cost_usd: float = 0.0,
-        model: str | None = None,
-        count_attempt: bool = True,
-        give_up: bool = False,
+        **verdict: Any,
     ) -> ReleaseResult:
-        """End ``owner``'s claim: ``passing``, ``failed`` (an attempt) or ``pending`` (give back).
+        """End ``owner``'s claim with a Verdict (or its fields: ``status``, ``notes``, ...).
 
-        A failed attempt returns the feature to ``pending`` until its attempt limit, then
-        ``failed``; ``count_attempt=False`` records an infrastructure failure without using
-        an attempt; ``give_up=True`` makes a failed attempt final whatever attempts remain (its
-        budget is spent). Repeating a release that was already applied is a no-op. Raises
-        LeaseLostError when the claim is no longer the caller's (expired and reaped, or
-        claimed again since: the token moved on).
+        Repeating a release that was already applied is a no-op. Raises LeaseLostError when
+        the claim is no longer the caller's (expired and reaped, or claimed again since: the
+        token moved on).
         """
-        _check_verdict(status)
-
-        return self.db.run(
-            lambda session: self._release_in(
-                session, feature_id, owner, token, status, notes, cost_usd, model, count_attempt, give_up
-            )
-        )
+        ending = status if isinstance(status, Verdict) else Verdict(Status(_status(status)), notes, **verdict)
+        return self.db.run(lambda session: self._release_in(session, feature_id, owner, token, ending))
 
     def finish_attempt(
         self,
         run_id: int,
         run_fields: Mapping[str, Any],
         claim: ClaimedFeature,
-        status: str,
-        notes: str = "",
+        verdict: Verdict,
         *,
-        cost_usd: float = 0.0,
-        model: str | None = None,
-        count_attempt: bool = True,
-        give_up: bool = False,
         release: bool = True,
     ) -> ReleaseResult | None:
         """End an attempt in one transaction: store its run fields (see finish_run), release the
-        feature as ``release()`` would, and drop the agent's file locks.
+        feature with ``verdict`` as ``release()`` would, and drop the agent's file locks.
 
         Returns None when the claim is no longer the caller's, or with ``release=False`` (the
         supervisor already knows its lease was lost); the run and the locks are settled anyway.
         """
-        _check_verdict(status)
         _check_run_fields(run_fields)
 
         def work(session: Session) -> ReleaseResult | None:
@@ -296,45 +171,30 @@ class FeatureQueue:
             if not release:
                 return None
             try:
-                return self._release_in(
-                    session, claim.id, claim.owner, claim.lease_token, status, notes, cost_usd, model,
-                    count_attempt, give_up,
-                )  # fmt: skip
+                return self._release_in(session, claim.id, claim.owner, claim.lease_token, verdict)
             except LeaseLostError:
                 return None
 
         return self.db.run(work)
 
-    def _release_in(
-        self,
-        session: Session,
-        feature_id: int,
-        owner: str,
-        token: int,
-        status: str,
-        notes: str,
-        cost_usd: float,
-        model: str | None,
-        count_attempt: bool,
-        give_up: bool,
-    ) -> ReleaseResult:
-        if status == Status.PASSING.value:
-            verdict = "passing"
-        elif status == Status.FAILED.value and count_attempt:
-            verdict = "give_up" if give_up else "failed"
+    def _release_in(self, session: Session, feature_id: int, owner: str, token: int, verdict: Verdict) -> ReleaseResult:
+        if verdict.status is Status.PASSING:
+            kind = "passing"
+        elif verdict.status is Status.FAILED and verdict.count_attempt:
+            kind = "give_up" if verdict.give_up else "failed"
         else:
-            verdict = "pending"
+            kind = "pending"
         params = {
             "b_feature_id": feature_id,
             "b_owner": owner,
             "b_token": token,
             "b_now": utcnow(),
-            "b_cost": cost_usd,
-            "b_notes": notes,
-            "b_model": model,
+            "b_cost": verdict.cost_usd,
+            "b_notes": verdict.notes,
+            "b_model": verdict.model,
             "b_default_max_attempts": self.default_max_attempts,
         }
-        row = session.execute(_release_statement(verdict, bool(notes), bool(model)), params).first()
+        row = session.execute(_release_statement(kind, bool(verdict.notes), bool(verdict.model)), params).first()
         if row is None:
             current = session.execute(
                 select(Feature.status, Feature.owner, Feature.lease_token, Feature.attempts).where(
@@ -344,16 +204,17 @@ class FeatureQueue:
             if current is None:
                 raise NotFoundError(f"no feature with id {feature_id}")
             if current.owner == owner and current.lease_token == token:
-                return ReleaseResult(feature_id, current.status, current.attempts, applied=False)
+                return ReleaseResult(feature_id, Status(current.status), current.attempts, applied=False)
             raise LeaseLostError(
                 f"feature #{feature_id} is no longer held by {owner} (lease token {token}); "
                 "it expired or was claimed again"
             )
-        if row.status == Status.PASSING.value:
+        if row.status == Status.PASSING:
             _unblock_dependents(session, feature_id, self.db.is_sqlite)
         session.execute(delete(FileLock).where(FileLock.feature_id == feature_id))
-        _log(session, [(f"released:{status}", feature_id, owner, {"token": token, "now": row.status})])
-        return ReleaseResult(feature_id, row.status, row.attempts, applied=True)
+        entry = {"token": token, "now": row.status}
+        _log(session, [(f"released:{verdict.status}", feature_id, owner, entry)])
+        return ReleaseResult(feature_id, Status(row.status), row.attempts, applied=True)
 
     def heartbeat(self, owner: str, held: Mapping[int, int] | None = None) -> HeartbeatResult:
         """Extend every lease ``owner`` holds, in one statement.
@@ -366,7 +227,7 @@ class FeatureQueue:
             now = utcnow()
             rows = session.execute(
                 update(Feature)
-                .where(Feature.owner == owner, Feature.status == Status.CLAIMED.value)
+                .where(Feature.owner == owner, Feature.status == Status.CLAIMED)
                 .values(lease_expires_at=now + timedelta(seconds=self.lease_seconds))
                 .returning(Feature.id, Feature.lease_token)
                 .execution_options(synchronize_session=False)
@@ -385,7 +246,7 @@ class FeatureQueue:
 
         def work(session: Session) -> list[int]:
             now = utcnow()
-            expired = and_(Feature.status == Status.CLAIMED.value, Feature.lease_expires_at < now)
+            expired = and_(Feature.status == Status.CLAIMED, Feature.lease_expires_at < now)
             query = select(Feature.id, Feature.owner, Feature.agent_id).where(expired).order_by(Feature.id)
             if not self.db.is_sqlite:
                 query = query.with_for_update(skip_locked=True)
@@ -396,7 +257,7 @@ class FeatureQueue:
             session.execute(
                 update(Feature)
                 .where(Feature.id.in_(ids), expired)
-                .values(status=Status.PENDING.value, owner=None, agent_id=None, lease_expires_at=None, updated_at=now)
+                .values(status=Status.PENDING, owner=None, agent_id=None, lease_expires_at=None, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
             session.execute(delete(FileLock).where(FileLock.feature_id.in_(ids)))
@@ -416,12 +277,12 @@ class FeatureQueue:
 
         def work(session: Session) -> list[int]:
             now = utcnow()
-            held = and_(Feature.owner == owner, Feature.status == Status.CLAIMED.value)
+            held = and_(Feature.owner == owner, Feature.status == Status.CLAIMED)
             agents = session.scalars(select(Feature.agent_id).where(held)).all()
             ids = session.scalars(
                 update(Feature)
                 .where(held)
-                .values(status=Status.PENDING.value, owner=None, agent_id=None, lease_expires_at=None, updated_at=now)
+                .values(status=Status.PENDING, owner=None, agent_id=None, lease_expires_at=None, updated_at=now)
                 .returning(Feature.id)
                 .execution_options(synchronize_session=False)
             ).all()
@@ -440,11 +301,11 @@ class FeatureQueue:
             row = session.get(Feature, feature_id)
             if row is None:
                 raise NotFoundError(f"no feature with id {feature_id}; see `status` for ids")
-            if row.status != Status.FAILED.value:
+            if row.status != Status.FAILED:
                 raise InputError(
                     f"feature #{feature_id} ({row.name}) is {row.status}; only failed features can be retried"
                 )
-            row.status = Status.PENDING.value
+            row.status = Status.PENDING
             row.attempts = 0
             row.finished_at = None
             _log(session, [("retry", feature_id, None, None)])
@@ -459,12 +320,12 @@ class FeatureQueue:
 
     def begin_attempt(
         self, claim: ClaimedFeature, model: str | None, transcript_for: Callable[[int], str]
-    ) -> tuple[dict[str, Any], list[RunRecord], RunRecord]:
+    ) -> tuple[FeatureContext, list[RunRecord], RunRecord]:
         """Start an attempt in one transaction: the feature as its agent reads it, its earlier
         attempts, and the new attempt's row (``transcript_for(attempt number)`` names its
         transcript). Raises LeaseLostError when the claim is no longer the caller's."""
 
-        def work(session: Session) -> tuple[dict[str, Any], list[RunRecord], RunRecord]:
+        def work(session: Session) -> tuple[FeatureContext, list[RunRecord], RunRecord]:
             context = _feature_context(session, claim.id)
             previous = _runs(session, claim.id)
             return context, previous, _start_run(session, claim, model, transcript_for(len(previous) + 1))
@@ -495,7 +356,7 @@ class FeatureQueue:
 
         return self.db.run(work, read_only=True)
 
-    def feature_context(self, feature_id: int) -> dict[str, Any]:
+    def feature_context(self, feature_id: int) -> FeatureContext:
         """A feature's assignment as an agent reads it, with its dependencies' notes."""
         return self.db.run(lambda session: _feature_context(session, feature_id), read_only=True)
 
@@ -518,7 +379,7 @@ class FeatureQueue:
         Returns the stored status or "reported". Raises InputError for a bad status, another
         agent's feature, or such a passing verdict without ``verify``.
         """
-        _check_verdict(status)
+        status = _status(status)
 
         def work(session: Session) -> tuple[str, int | None, str | None]:
             # Check and write in one transaction, so a claim that changes hands in between
@@ -530,9 +391,9 @@ class FeatureQueue:
             ).first()
             if row is None:
                 raise NotFoundError(f"no feature with id {feature_id}")
-            if row.status == Status.CLAIMED.value and row.owner == agent_id:
+            if row.status == Status.CLAIMED and row.owner == agent_id:
                 return "self-claimed", row.lease_token, row.verify
-            if row.status != Status.CLAIMED.value or row.agent_id != agent_id:
+            if row.status != Status.CLAIMED or row.agent_id != agent_id:
                 raise InputError(f"feature #{feature_id} is not assigned to you (it is {row.status})")
             run_id = session.scalar(
                 select(AgentRun.id)
@@ -553,12 +414,12 @@ class FeatureQueue:
             return outcome
         # A lead agent's own claim: release it directly; the token guard makes a race harmless.
         # Passing means here what it means for the supervisor: the verify command exited 0.
-        if status == Status.PASSING.value and command:
+        if status == Status.PASSING and command:
             if verify is None:
                 raise InputError(f"feature #{feature_id} has a verify command, and nothing here can run it")
             result = verify(command)
             if not result.passed:
-                status, notes = Status.FAILED.value, result.failure_notes(command, notes)
+                status, notes = Status.FAILED, result.failure_notes(command, notes)
         return self.release(feature_id, agent_id, token, status, notes).status
 
     def claim_batch(self, count: int, agent_id: str) -> list[ClaimedFeature]:
@@ -700,12 +561,12 @@ def _ready_statement(n: int, *, skip_locked: bool):  # noqa: ANN202
     unmet = exists().where(
         FeatureDependency.feature_id == Feature.id,
         FeatureDependency.depends_on_id == dep.id,
-        dep.status != Status.PASSING.value,
+        dep.status != Status.PASSING,
     )
     # unmet_deps narrows the index scan; the NOT EXISTS re-checks the truth for the few rows taken.
     query = (
         select(Feature.id)
-        .where(Feature.status == Status.PENDING.value, Feature.unmet_deps == 0, ~unmet)
+        .where(Feature.status == Status.PENDING, Feature.unmet_deps == 0, ~unmet)
         .order_by(Feature.claim_order, Feature.id)
         .limit(n)
     )
@@ -719,9 +580,9 @@ def _claim_statement():  # noqa: ANN202
     new_token = Feature.lease_token + 1
     return (
         update(Feature)
-        .where(Feature.id.in_(bindparam("b_ids", expanding=True)), Feature.status == Status.PENDING.value)
+        .where(Feature.id.in_(bindparam("b_ids", expanding=True)), Feature.status == Status.PENDING)
         .values(
-            status=Status.CLAIMED.value,
+            status=Status.CLAIMED,
             owner=bindparam("b_owner", type_=String),
             agent_id=bindparam("b_agent_prefix", type_=String)
             + cast(Feature.id, String)
@@ -752,25 +613,25 @@ def _release_statement(verdict: str, with_notes: bool, with_model: bool):  # noq
         values["last_model"] = bindparam("b_model", type_=String)
     if verdict == "passing":
         # attempts counts the agent sessions that counted, the passing one included.
-        values.update(status=Status.PASSING.value, finished_at=now, attempts=Feature.attempts + 1)
+        values.update(status=Status.PASSING, finished_at=now, attempts=Feature.attempts + 1)
     elif verdict in ("failed", "give_up"):
         limit = func.coalesce(Feature.max_attempts, bindparam("b_default_max_attempts", type_=Integer))
         values["attempts"] = Feature.attempts + 1
         values["status"] = (
-            Status.FAILED.value
+            Status.FAILED
             if verdict == "give_up"
-            else case((Feature.attempts + 1 >= limit, Status.FAILED.value), else_=Status.PENDING.value)
+            else case((Feature.attempts + 1 >= limit, Status.FAILED), else_=Status.PENDING)
         )
         values["finished_at"] = now
     else:
-        values["status"] = Status.PENDING.value
+        values["status"] = Status.PENDING
     return (
         update(Feature)
         .where(
             Feature.id == bindparam("b_feature_id", type_=Integer),
             Feature.owner == bindparam("b_owner", type_=String),
             Feature.lease_token == bindparam("b_token", type_=Integer),
-            Feature.status == Status.CLAIMED.value,
+            Feature.status == Status.CLAIMED,
         )
         .values(**values)
         .returning(Feature.status, Feature.attempts)
@@ -801,7 +662,7 @@ def _start_run(session: Session, claim: ClaimedFeature, model: str | None, trans
             Feature.id == claim.id,
             Feature.owner == claim.owner,
             Feature.lease_token == claim.lease_token,
-            Feature.status == Status.CLAIMED.value,
+            Feature.status == Status.CLAIMED,
         )
     ).first()
     if held is None:
@@ -826,23 +687,23 @@ def _runs(session: Session, feature_id: int) -> list[RunRecord]:
     return [_run_record(r) for r in session.scalars(query)]
 
 
-def _feature_context(session: Session, feature_id: int) -> dict[str, Any]:
+def _feature_context(session: Session, feature_id: int) -> FeatureContext:
     row = session.get(Feature, feature_id)
     if row is None:
         raise NotFoundError(f"no feature with id {feature_id}")
     deps = session.execute(_dependencies_statement(), {"feature_id": feature_id}).all()
-    return {
-        "id": row.id,
-        "name": row.name,
-        "description": row.description,
-        "category": row.category,
-        "steps": list(row.steps or []),
-        "verify": row.verify,
-        "status": row.status,
-        "attempts": row.attempts,
-        "notes": row.notes,
-        "dependencies": [{"id": d.id, "name": d.name, "status": d.status, "notes": d.notes} for d in deps],
-    }
+    return FeatureContext(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        category=row.category,
+        steps=tuple(row.steps or ()),
+        verify=row.verify,
+        status=Status(row.status),
+        attempts=row.attempts,
+        notes=row.notes or "",
+        dependencies=tuple(DependencyNote(d.id, d.name, Status(d.status), d.notes or "") for d in deps),
+    )
 
 
 def _close_runs(session: Session, agent_ids: Iterable[str | None], now: datetime, outcome: str, error: str) -> None:
@@ -855,9 +716,10 @@ def _close_runs(session: Session, agent_ids: Iterable[str | None], now: datetime
     )
 
 
-def _check_verdict(status: str) -> None:
-    if status not in (Status.PASSING.value, Status.FAILED.value, Status.PENDING.value):
-        raise InputError(f"invalid status {status!r}: use passing, failed or pending")
+def _status(status: str) -> Status:
+    if status not in (Status.PASSING, Status.FAILED, Status.PENDING):
+        raise InputError(f"invalid status {str(status)!r}: use passing, failed or pending")
+    return Status(status)
 
 
 def _claimed(row: Feature) -> ClaimedFeature:
@@ -891,7 +753,7 @@ def _run_record(run: AgentRun) -> RunRecord:
         model=run.model,
         session_id=run.session_id,
         outcome=run.outcome,
-        reported_status=run.reported_status,
+        reported_status=Status(run.reported_status) if run.reported_status else None,
         reported_notes=run.reported_notes,
         num_turns=run.num_turns,
         input_tokens=run.input_tokens,
@@ -968,7 +830,7 @@ def _import(session: Session, specs: list[FeatureSpec], is_sqlite: bool) -> Impo
         )
         if not changed:
             unchanged.append(spec.name)
-        elif row.status != Status.PENDING.value:
+        elif row.status != Status.PENDING:
             skipped.append(spec.name)
         else:
             updated.append(spec.name)
@@ -999,7 +861,7 @@ def _import(session: Session, specs: list[FeatureSpec], is_sqlite: bool) -> Impo
     # Readiness is counted here, not in SQL: an import changes edges, never a status, and the
     # statuses read above cannot move under us (the write lock on SQLite, the table lock on
     # PostgreSQL). A correlated UPDATE took 7.6 s for 10,000 new rows on PostgreSQL.
-    passed = {name for name, row in existing.items() if row.status == Status.PASSING.value}
+    passed = {name for name, row in existing.items() if row.status == Status.PASSING}
     unmet = {s.name: sum(d not in passed for d in s.depends_on) for s in rewire}
     if added:
         # New rows carry their rank and readiness from the start.
@@ -1009,7 +871,7 @@ def _import(session: Session, specs: list[FeatureSpec], is_sqlite: bool) -> Impo
                 {
                     "name": s.name,
                     "steps": list(s.steps),
-                    "status": Status.PENDING.value,
+                    "status": Status.PENDING,
                     "created_at": now,
                     "updated_at": now,
                     "critical_path": lengths[s.name],
@@ -1075,7 +937,7 @@ def _status_report(session: Session) -> StatusReport:
                 id=r.id,
                 name=r.name,
                 category=r.category,
-                status=BLOCKED if r.id in blocked and r.status == Status.PENDING.value else r.status,
+                status=Status.BLOCKED if r.id in blocked and r.status == Status.PENDING else Status(r.status),
                 attempts=r.attempts,
                 model=r.last_model or r.model,
                 cost_usd=r.cost_usd,
@@ -1083,7 +945,7 @@ def _status_report(session: Session) -> StatusReport:
                 notes=r.notes,
                 priority=r.priority,
                 critical_path=r.critical_path,
-                owner=r.owner if r.status == Status.CLAIMED.value else None,
+                owner=r.owner if r.status == Status.CLAIMED else None,
             )
             for r in rows
         )

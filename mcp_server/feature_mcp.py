@@ -91,19 +91,16 @@ def feature_get(ctx: Context[AppContext]) -> Assignment:
     with tool_errors():
         found = app.queue.feature_context(app.identity.feature_id)
     return Assignment(
-        id=found["id"],
-        name=found["name"],
-        description=found["description"],
-        category=found["category"],
-        steps=list(found["steps"]),
-        verify=found["verify"],
-        status=found["status"],
-        attempts=found["attempts"],
-        notes=found["notes"] or "",
-        dependencies=[
-            DependencyNote(id=d["id"], name=d["name"], status=d["status"], notes=d["notes"] or "")
-            for d in found["dependencies"]
-        ],
+        id=found.id,
+        name=found.name,
+        description=found.description,
+        category=found.category,
+        steps=list(found.steps),
+        verify=found.verify,
+        status=found.status,
+        attempts=found.attempts,
+        notes=found.notes,
+        dependencies=[DependencyNote(id=d.id, name=d.name, status=d.status, notes=d.notes) for d in found.dependencies],
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from api.queue import ImportReport, RunRecord, StatusReport
+from api.records import FeatureContext, ImportReport, RunRecord, StatusReport
 
 STATUS_STYLE = {
     "pending": "white",
@@ -107,13 +107,13 @@ def print_import(report: ImportReport, source: Path) -> None:
         out.print(f"kept (in the database, not in the file): {', '.join(report.kept)}")
 
 
-def print_runs(feature: dict[str, Any], runs: list[RunRecord]) -> None:
+def print_runs(feature: FeatureContext, runs: list[RunRecord]) -> None:
     out = console()
     out.print(
-        f"feature #{feature['id']} {feature['name']}: {feature['status']}, {feature['attempts']} failed attempt(s)"
+        f"feature #{feature.id} {feature.name}: {feature.status}, {feature.attempts} failed attempt(s)"
     )
-    if feature.get("notes"):
-        out.print(f"notes: {feature['notes']}")
+    if feature.notes:
+        out.print(f"notes: {feature.notes}")
     if not runs:
         out.print("no agent has run on it yet")
         return

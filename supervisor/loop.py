@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from api.errors import AgentManagerError, DatabaseError, LeaseLostError, PathOutsideProjectError
-from api.queue import ClaimedFeature, FeatureQueue, RunRecord
+from api.queue import FeatureQueue
+from api.records import ClaimedFeature, RunRecord, Status, Verdict
 from api.verify import run_verify
 from supervisor.cli_state import feature_config_dir
 from supervisor.prompts import retry_prompt, task_prompt
@@ -513,12 +514,7 @@ class Supervisor:
             run.id,
             run_fields,
             claim,
-            status,
-            notes,
-            cost_usd=outcome.cost_usd,
-            model=model,
-            count_attempt=count,
-            give_up=give_up,
+            Verdict(Status(status), notes, outcome.cost_usd, model, count_attempt=count, give_up=give_up),
             release=not lost,
         )
         if result is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from api.records import FeatureContext
 
 SYSTEM_APPEND = """\
 You are one of several coding agents working in parallel on the same repository, each on its own
@@ -25,33 +25,33 @@ REMINDER = (
 )
 
 
-def task_prompt(feature: dict[str, Any], feedback: str | None = None) -> str:
-    """The first user message of a session (``feature`` as api.queue.feature_context returns it)."""
-    lines = [f"Implement feature #{feature['id']}: {feature['name']}"]
-    if feature.get("category"):
-        lines.append(f"Category: {feature['category']}")
-    if feature.get("description"):
-        lines += ["", feature["description"]]
-    if feature.get("steps"):
-        lines += ["", "Acceptance steps:", *(f"- {step}" for step in feature["steps"])]
-    if feature.get("verify"):
+def task_prompt(feature: FeatureContext, feedback: str | None = None) -> str:
+    """The first user message of a session ."""
+    lines = [f"Implement feature #{feature.id}: {feature.name}"]
+    if feature.category:
+        lines.append(f"Category: {feature.category}")
+    if feature.description:
+        lines += ["", feature.description]
+    if feature.steps:
+        lines += ["", "Acceptance steps:", *(f"- {step}" for step in feature.steps)]
+    if feature.verify:
         lines += [
             "",
-            f"After you report passing, this command must exit 0 in the working directory: {feature['verify']}",
+            f"After you report passing, this command must exit 0 in the working directory: {feature.verify}",
         ]
-    done = [d for d in feature.get("dependencies", []) if d.get("notes")]
+    done = [d for d in feature.dependencies if d.notes]
     if done:
         lines += ["", "Notes from the features this one builds on:"]
-        lines += [f"- {d['name']}: {d['notes']}" for d in done]
+        lines += [f"- {d.name}: {d.notes}" for d in done]
     if feedback:
         lines += ["", "A previous attempt at this feature failed:", feedback, "Fix the cause before reporting passing."]
-    lines += ["", f"When done, call feature_release with feature_id={feature['id']}."]
+    lines += ["", f"When done, call feature_release with feature_id={feature.id}."]
     return "\n".join(lines)
 
 
-def retry_prompt(feature: dict[str, Any], feedback: str) -> str:
+def retry_prompt(feature: FeatureContext, feedback: str) -> str:
     """Sent when resuming the previous session of a failed attempt."""
     return (
-        f"Your previous attempt at feature #{feature['id']} ({feature['name']}) did not pass:\n{feedback}\n\n"
-        f"Fix it, then call feature_release with feature_id={feature['id']} again."
+        f"Your previous attempt at feature #{feature.id} ({feature.name}) did not pass:\n{feedback}\n\n"
+        f"Fix it, then call feature_release with feature_id={feature.id} again."
     )

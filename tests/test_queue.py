@@ -12,6 +12,7 @@ from api.errors import FeaturesFileError, InputError, LeaseLostError, PathOutsid
 from api.features_file import FeatureSpec
 from api.models import Feature
 from api.queue import FeatureQueue
+from api.records import Status, Verdict
 
 
 def spec(name: str, *deps: str, **kw) -> FeatureSpec:
@@ -108,10 +109,10 @@ def test_finishing_an_attempt_records_releases_and_unlocks_in_one_step(queue: Fe
     queue.import_specs([spec("a"), spec("b", "a")])
     (claim,) = queue.claim(1, "sup")
     context, previous, run = queue.begin_attempt(claim, "sonnet", lambda n: f"logs/a-{n}.jsonl")
-    assert (context["name"], previous, run.attempt, run.transcript_path) == ("a", [], 1, "logs/a-1.jsonl")
+    assert (context.name, previous, run.attempt, run.transcript_path) == ("a", [], 1, "logs/a-1.jsonl")
     queue.claim_file("src/a.py", claim.agent_id, claim.id)
 
-    result = queue.finish_attempt(run.id, {"outcome": "passing", "num_turns": 4}, claim, "passing", "built")
+    result = queue.finish_attempt(run.id, {"outcome": "passing", "num_turns": 4}, claim, Verdict(Status.PASSING, "built"))
 
     assert result is not None and result.status == "passing"
     assert (queue.runs(claim.id)[0].outcome, queue.runs(claim.id)[0].num_turns) == ("passing", 4)
@@ -130,7 +131,7 @@ def test_finishing_an_attempt_whose_lease_moved_on_settles_the_run_but_not_the_f
     queue.reap_expired()
     (new,) = queue.claim(1, "sup-new")
 
-    assert queue.finish_attempt(run.id, {"outcome": "passing"}, old, "passing", "stale") is None
+    assert queue.finish_attempt(run.id, {"outcome": "passing"}, old, Verdict(Status.PASSING, "stale")) is None
 
     assert status_of(queue)["a"] == "claimed"
     assert queue.status_report().features[0].owner == "sup-new"
