@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from api import defaults
 from api.errors import AgentManagerError, InputError
 
 ENV_PREFIX = "AGENT_MANAGER_"
@@ -36,8 +37,13 @@ COMMON_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[str], Any], Any, str]
     "features": (("--features",), str, None, "features file to import (default DIR/features.json)"),
 }
 RUN_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[str], Any], Any, str]] = {
-    "max_agents": (("--max-agents", "--parallel"), int, 3, "agent sessions at once; --parallel 1 runs sequentially"),
-    "lease_seconds": (("--lease-seconds",), float, 90.0, "claim lease; renewed every third of it"),
+    "max_agents": (
+        ("--max-agents", "--parallel"),
+        int,
+        defaults.MAX_AGENTS,
+        "agent sessions at once; --parallel 1 runs sequentially",
+    ),
+    "lease_seconds": (("--lease-seconds",), float, defaults.LEASE_SECONDS, "claim lease; renewed every third of it"),
     "max_cost": (
         ("--max-cost",),
         float,

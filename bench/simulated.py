@@ -18,7 +18,8 @@ from pathlib import Path
 from api.database import Database
 from api.features_file import FeatureSpec
 from api.queue import FeatureQueue
-from supervisor.loop import RunOptions, RunSummary, Supervisor
+from supervisor.config import Settings
+from supervisor.loop import RunSummary, Supervisor
 from supervisor.routing import AgentPolicy
 from supervisor.runner import ActivityEvent, AgentOutcome, AgentTask, Ending
 
@@ -107,15 +108,15 @@ def run_supervisor(
     names = {f.id: f.name for f in queue.status_report().features}
     runner = SimulatedRunner(url, durations, max_agents)
     view = RecordingView()
-    options = RunOptions(
+    settings = Settings(
         project_dir=workdir,
         database_url=url,
-        logs_dir=workdir / "logs",
+        features_file=workdir / "features.json",
         max_agents=max_agents,
         lease_seconds=60,
         policy=AgentPolicy(),
     )
-    supervisor = Supervisor(queue, runner, options, view)
+    supervisor = Supervisor(queue, runner, settings, view)
     gc.freeze()  # as `agent-manager run` does before it starts supervising
 
     async def main() -> tuple[float, RunSummary]:

@@ -30,8 +30,8 @@ from claude_agent_sdk import (
 )
 
 from api.database import Database
+from api.identity import Identity
 from api.queue import FeatureQueue
-from mcp_server import Identity
 from mcp_server.server import build_server
 from supervisor.preflight import check_cli, probe_api
 from supervisor.prompts import REMINDER, SYSTEM_APPEND
@@ -214,10 +214,9 @@ class ClaudeRunner:
     def _mcp_server(self, task: AgentTask) -> dict[str, Any]:
         """The coordination MCP server for this session: in this process, or `python -m mcp_server`."""
         if task.mcp_transport == "stdio":
-            env = {**task.mcp_env, "PYTHONPATH": str(REPO_ROOT)}
+            env = {**task.identity.to_env(), "PYTHONPATH": str(REPO_ROOT)}
             return {"type": "stdio", "command": sys.executable, "args": ["-m", "mcp_server"], "env": env}
-        identity = Identity.from_env(task.mcp_env)
-        server = build_server(self._mcp_queue, identity=identity)
+        server = build_server(self._mcp_queue, identity=task.identity)
         # The SDK serves any low-level mcp Server over an in-memory transport, lifespan included;
         # MCPServer keeps its own as _lowlevel_server (no public accessor in mcp 2.x).
         return {"type": "sdk", "name": MCP_SERVER_NAME, "instance": server._lowlevel_server}

@@ -136,11 +136,12 @@ def _log_to_file(settings: Settings) -> None:
 
 def cmd_run(settings: Settings) -> int:
     import asyncio
+    import dataclasses
     import gc
 
     from supervisor.claude_runner import ClaudeRunner
     from supervisor.live import make_view
-    from supervisor.loop import RunOptions, Supervisor
+    from supervisor.loop import Supervisor
     from supervisor.routing import load_policy
 
     policy = load_policy(settings.project_dir)
@@ -155,17 +156,11 @@ def cmd_run(settings: Settings) -> int:
         raise InputError(
             f"no features to run: create {settings.features_file} (see features.example.json) or pass --features FILE"
         )
-    options = RunOptions(
-        project_dir=settings.project_dir,
-        database_url=queue.db.url.render_as_string(hide_password=False),
-        logs_dir=settings.logs_dir,
-        max_agents=settings.max_agents,
-        lease_seconds=settings.lease_seconds,
-        policy=policy,
-        max_cost_usd=settings.max_cost,
+    settings = dataclasses.replace(
+        settings, policy=policy, database_url=queue.db.url.render_as_string(hide_password=False)
     )
     runner = ClaudeRunner(cli_path=policy.cli_path, project_dir=settings.project_dir)
-    supervisor = Supervisor(queue, runner, options, make_view())
+    supervisor = Supervisor(queue, runner, settings, make_view())
     # Modules, mappers and compiled statements live as long as the process: keeping them out of
     # the collector's full scans shortens its pauses, which landed on dispatches (50-95 ms).
     gc.freeze()

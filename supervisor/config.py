@@ -1,16 +1,19 @@
-"""Settings shared by every command, resolved from flags, then AGENT_MANAGER_* variables, then defaults."""
+"""The one settings object of a run: flags, then AGENT_MANAGER_* variables, then api.defaults.
+
+The project's config file (``routing.load_policy``) adds the agent policy for a run.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from api import defaults
 from api.database import default_url
 from api.errors import InputError
-
-# A dead supervisor's work comes back after its lease: past a week that is surely a typo.
-MAX_LEASE_SECONDS = 7 * 24 * 3600
+from api.identity import Identity
+from supervisor.routing import AgentPolicy
 
 
 @dataclass(frozen=True)
@@ -18,9 +21,12 @@ class Settings:
     project_dir: Path
     database_url: str
     features_file: Path
-    max_agents: int = 3
-    lease_seconds: float = 90.0
-    max_cost: float | None = None  # US dollars for the whole run
+    max_agents: int = defaults.MAX_AGENTS
+    lease_seconds: float = defaults.LEASE_SECONDS
+    max_cost_usd: float | None = None  # for the whole run
+    policy: AgentPolicy = field(default_factory=AgentPolicy)  # from the project's config file
+    # How often to look for work freed by other supervisors while nothing runs here.
+    idle_poll_seconds: float = defaults.IDLE_POLL_SECONDS
 
     @property
     def state_dir(self) -> Path:
@@ -30,13 +36,24 @@ class Settings:
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
 
+    def identity(self, agent_id: str, feature_id: int | None) -> Identity:
+        """Who an agent of this run is to the coordination MCP server."""
+        return Identity(
+            database_url=self.database_url,
+            project_dir=self.project_dir,
+            agent_id=agent_id,
+            feature_id=feature_id,
+            lease_seconds=self.lease_seconds,
+            verify_timeout_seconds=self.policy.verify_timeout_seconds,
+        )
+
 
 def make_settings(
     project_dir: str | None,
     database_url: str | None = None,
     features: str | None = None,
-    max_agents: int = 3,
-    lease_seconds: float = 90.0,
+    max_agents: int = defaults.MAX_AGENTS,
+    lease_seconds: float = defaults.LEASE_SECONDS,
     max_cost: float | None = None,
 ) -> Settings:
     """Validate the common options. Raises InputError naming the bad one."""
@@ -50,8 +67,10 @@ def make_settings(
     root = root.resolve()
     if max_agents < 1:
         raise InputError(f"--max-agents must be at least 1, got {max_agents}")
-    if not (math.isfinite(lease_seconds) and 3 <= lease_seconds <= MAX_LEASE_SECONDS):
-        raise InputError(f"--lease-seconds must be between 3 and {MAX_LEASE_SECONDS} (a week), got {lease_seconds:g}")
+    # A dead supervisor's work comes back after its lease: past a week that is surely a typo.
+    low, high = defaults.MIN_LEASE_SECONDS, defaults.MAX_SECONDS
+    if not (math.isfinite(lease_seconds) and low <= lease_seconds <= high):
+        raise InputError(f"--lease-seconds must be between {low:g} and {high} (a week), got {lease_seconds:g}")
     if max_cost is not None and not (math.isfinite(max_cost) and max_cost > 0):
         raise InputError(f"--max-cost must be a positive number of US dollars, got {max_cost:g}")
     features_file = Path(features).expanduser() if features else root / "features.json"
@@ -63,5 +82,5 @@ def make_settings(
         features_file=features_file,
         max_agents=max_agents,
         lease_seconds=lease_seconds,
-        max_cost=max_cost,
+        max_cost_usd=max_cost,
     )

@@ -33,7 +33,7 @@ class PlainView:
         self.out.flush()
 
     def start(self, supervisor: Supervisor) -> None:
-        opts = supervisor.options
+        opts = supervisor.settings
         self._line(f"supervisor {supervisor.owner}: up to {opts.max_agents} agent(s) on {opts.project_dir}")
 
     def started(self, state: AgentState) -> None:
@@ -117,8 +117,8 @@ class LiveView(PlainView):
         bar = ProgressBar(total=max(self.total, 1), completed=self.done, width=40)
         header = Text(f" {self.done}/{self.total} features finished ")
         sup = self.supervisor
-        if sup is not None and sup.limit < sup.options.max_agents:
-            header.append(f"  agents limited to {sup.limit}/{sup.options.max_agents} by rate limits", style="yellow")
+        if sup is not None and sup.limit < sup.settings.max_agents:
+            header.append(f"  agents limited to {sup.limit}/{sup.settings.max_agents} by rate limits", style="yellow")
         parts = [table, Group(header, bar)]
         if self.pause_text and self.supervisor and self.supervisor._paused_until > now:
             parts.append(Text(self.pause_text, style="yellow"))

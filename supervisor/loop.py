@@ -24,8 +24,8 @@ from api.queue import FeatureQueue
 from api.records import ClaimedFeature, RunRecord, Status, Verdict
 from api.verify import run_verify
 from supervisor.cli_state import feature_config_dir
+from supervisor.config import Settings
 from supervisor.prompts import retry_prompt, task_prompt
-from supervisor.routing import AgentPolicy
 from supervisor.runner import (
     INFRASTRUCTURE,
     ActivityEvent,
@@ -50,23 +50,6 @@ RATE_LIMIT_CUT_INTERVAL_S = 5.0
 # (instead of about ten over three minutes): a wrong key or a dead endpoint shows in seconds.
 FIRST_SESSION_RETRIES = "1"
 OUTAGE_CHECK_S = 1.0
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    project_dir: Path
-    database_url: str
-    logs_dir: Path
-    max_agents: int
-    lease_seconds: float
-    policy: AgentPolicy
-    # How often to look for work freed by other supervisors while nothing runs here.
-    idle_poll_seconds: float = 2.0
-    max_cost_usd: float | None = None  # for the whole run
-
-    @property
-    def state_dir(self) -> Path:
-        return self.logs_dir.parent
 
 
 @dataclass
@@ -130,10 +113,10 @@ class RunSummary:
 class Supervisor:
     """Claims ready features and runs one agent session per claim, up to ``max_agents`` at once."""
 
-    def __init__(self, queue: FeatureQueue, runner: AgentRunner, options: RunOptions, view) -> None:  # noqa: ANN001
+    def __init__(self, queue: FeatureQueue, runner: AgentRunner, settings: Settings, view) -> None:  # noqa: ANN001
         self.queue = queue
         self.runner = runner
-        self.options = options
+        self.settings = settings
         self.view = view
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.agents: dict[int, AgentState] = {}
@@ -156,7 +139,7 @@ class Supervisor:
         self._sessions = 0
         self._budget_stop: str | None = None
         # Concurrency target under rate limits: halved on pressure, back up by one per clean session.
-        self.limit = options.max_agents
+        self.limit = settings.max_agents
         self._last_cut = 0.0
         self._clean_since_cut = 0
 
@@ -225,7 +208,7 @@ class Supervisor:
                     settled = True
                     continue
                 settled = False
-                await self._sleep_or_wake(self.options.idle_poll_seconds)
+                await self._sleep_or_wake(self.settings.idle_poll_seconds)
                 continue
             settled = False
             if claimed and len(self._tasks) < self.limit:
@@ -256,7 +239,7 @@ class Supervisor:
 
     def _affordable(self, free: int) -> int:
         """How many new sessions fit in the run budget, estimating each at the mean so far."""
-        cap = self.options.max_cost_usd
+        cap = self.settings.max_cost_usd
         if cap is None or free <= 0:
             return max(free, 0)
         if self._budget_stop:
@@ -278,13 +261,13 @@ class Supervisor:
     def _session_budget(self, claim: ClaimedFeature) -> tuple[float | None, str | None]:
         """The tightest of the per-attempt, per-feature and remaining run caps, and which it is."""
         caps: list[tuple[float, str]] = []
-        if self.options.policy.max_budget_usd is not None:
-            caps.append((self.options.policy.max_budget_usd, "attempt"))
+        if self.settings.policy.max_budget_usd is not None:
+            caps.append((self.settings.policy.max_budget_usd, "attempt"))
         if claim.max_cost_usd is not None:
             caps.append((claim.max_cost_usd - claim.cost_usd, "feature"))
-        if self.options.max_cost_usd is not None:
+        if self.settings.max_cost_usd is not None:
             others = self.spent - (self.agents[claim.id].cost_usd if claim.id in self.agents else 0.0)
-            caps.append((self.options.max_cost_usd - others, "run"))
+            caps.append((self.settings.max_cost_usd - others, "run"))
         if not caps:
             return None, None
         value, source = min(caps)
@@ -293,7 +276,7 @@ class Supervisor:
     # -- one agent --------------------------------------------------------------------
 
     async def _agent(self, claim: ClaimedFeature) -> None:
-        policy = self.options.policy
+        policy = self.settings.policy
         budget, budget_source = self._session_budget(claim)
         if budget is not None and budget <= 0:
             await self._out_of_budget(claim, budget_source)
@@ -325,7 +308,7 @@ class Supervisor:
         await self._conclude(claim, state, run, outcome, feature)
 
     def _transcript(self, feature_id: int, attempt: int) -> Path:
-        return self.options.logs_dir / f"feature-{feature_id}-attempt-{attempt}.jsonl"
+        return self.settings.logs_dir / f"feature-{feature_id}-attempt-{attempt}.jsonl"
 
     async def _out_of_budget(self, claim: ClaimedFeature, source: str | None) -> None:
         if source == "feature":
@@ -334,12 +317,12 @@ class Supervisor:
             self.view.note(f"feature #{claim.id} {claim.name}: failed: {why}")
         else:
             await self._release(claim, "pending", "", count_attempt=False)
-            self._stop_for_budget(f"the run budget of ${self.options.max_cost_usd:.2f} is spent")
+            self._stop_for_budget(f"the run budget of ${self.settings.max_cost_usd:.2f} is spent")
 
     def _task(  # noqa: ANN001
         self, claim, feature, model, transcript, run, previous, resume: bool = True, budget: float | None = None
     ) -> AgentTask:
-        policy = self.options.policy
+        policy = self.settings.policy
         last = previous[-1] if previous else None
         feedback = claim.notes if last is not None and claim.attempts > 0 else None
         resume_id = last.session_id if resume and feedback and last is not None else None
@@ -350,7 +333,7 @@ class Supervisor:
             input_tokens=sum(r.input_tokens or 0 for r in same_session),
             output_tokens=sum(r.output_tokens or 0 for r in same_session),
         )
-        env = {"CLAUDE_CONFIG_DIR": str(feature_config_dir(self.options.state_dir, claim.id))}
+        env = {"CLAUDE_CONFIG_DIR": str(feature_config_dir(self.settings.state_dir, claim.id))}
         if not self._api_answered and "CLAUDE_CODE_MAX_RETRIES" not in os.environ:
             env["CLAUDE_CODE_MAX_RETRIES"] = FIRST_SESSION_RETRIES
 
@@ -384,15 +367,9 @@ class Supervisor:
             agent_id=claim.agent_id,
             model=model,
             prompt=prompt,
-            cwd=self.options.project_dir,
+            cwd=self.settings.project_dir,
             transcript_path=transcript,
-            mcp_env={
-                "AGENT_MANAGER_DATABASE_URL": self.options.database_url,
-                "AGENT_MANAGER_PROJECT_DIR": str(self.options.project_dir),
-                "AGENT_MANAGER_AGENT_ID": claim.agent_id,
-                "AGENT_MANAGER_FEATURE_ID": str(claim.id),
-                "AGENT_MANAGER_LEASE_SECONDS": str(self.options.lease_seconds),
-            },
+            identity=self.settings.identity(claim.agent_id, claim.id),
             max_turns=policy.max_turns,
             timeout_s=policy.timeout_for(model),
             stall_s=policy.stall_seconds,
@@ -468,7 +445,7 @@ class Supervisor:
         if self._outage_since is None:
             return
         down = time.monotonic() - self._outage_since
-        if down >= self.options.policy.outage_limit_seconds:
+        if down >= self.settings.policy.outage_limit_seconds:
             self._fail(f"gave up after the API was unavailable for {down:.0f} s: {self._outage_cause}", 1)
 
     async def _conclude(self, claim, state, run: RunRecord, outcome: AgentOutcome, feature) -> None:  # noqa: ANN001
@@ -478,14 +455,14 @@ class Supervisor:
         if outcome.over_budget and record.reported_status is None and state.budget_source == "run":
             # Stopped by the run's budget, not by its own failing: back to the queue, no attempt used.
             status, count = "pending", False
-            self._stop_for_budget(f"the run budget of ${self.options.max_cost_usd:.2f} is spent")
+            self._stop_for_budget(f"the run budget of ${self.settings.max_cost_usd:.2f} is spent")
         elif outcome.over_budget and record.reported_status is None and state.budget_source == "feature":
             give_up = True  # its whole budget is gone: another attempt could not start
         if status == "passing" and claim.verify:
             state.doing = "verifying"
             self.view.activity(state, ActivityEvent(claim.id, "verify"))
             result = await run_verify(
-                claim.verify, self.options.project_dir, self.options.policy.verify_timeout_seconds
+                claim.verify, self.settings.project_dir, self.settings.policy.verify_timeout_seconds
             )
             if not result.passed:
                 status, notes = "failed", result.failure_notes(claim.verify, notes)
@@ -493,7 +470,7 @@ class Supervisor:
         reported = record.reported_status is not None
         if status == "pending" and count is False and outcome.ending is Ending.COMPLETED:
             self._given_back[claim.id] += 1
-            if self._given_back[claim.id] >= self.options.policy.max_attempts:
+            if self._given_back[claim.id] >= self.settings.policy.max_attempts:
                 status, count = "failed", True
                 notes = f"{notes}\n(given back {self._given_back[claim.id]} times in this run)".strip()
         model = outcome.model or state.model
@@ -571,7 +548,7 @@ class Supervisor:
             return None
 
     def _after_infrastructure(self, outcome: AgentOutcome, started: float = 0.0) -> None:
-        policy = self.options.policy
+        policy = self.settings.policy
         if outcome.ending is Ending.AUTH_ERROR:
             self._fail(f"{outcome.message} (check ANTHROPIC_API_KEY)", 2)
         elif outcome.ending is Ending.SETUP_ERROR and not self._cli_started:
@@ -597,12 +574,12 @@ class Supervisor:
             # The API answered: the outage, if any, is over.
             self._outage_since, self._outage_failures = None, 0
             # Additive increase: one more agent per window of clean sessions started after the cut.
-            if self.limit < self.options.max_agents and started > self._last_cut:
+            if self.limit < self.settings.max_agents and started > self._last_cut:
                 self._clean_since_cut += 1
                 if self._clean_since_cut >= self.limit:
                     self.limit += 1
                     self._clean_since_cut = 0
-                    self.view.note(f"concurrency back up to {self.limit} of {self.options.max_agents}")
+                    self.view.note(f"concurrency back up to {self.limit} of {self.settings.max_agents}")
 
     def _slow_down(self, why: str) -> None:
         """Halve the concurrency target, once per burst: sessions hit by the same limit count once."""
@@ -612,7 +589,7 @@ class Supervisor:
         self._last_cut = now
         self._clean_since_cut = 0
         self.limit = max(1, self.limit // 2)
-        self.view.note(f"concurrency lowered to {self.limit} of {self.options.max_agents}: {why}")
+        self.view.note(f"concurrency lowered to {self.limit} of {self.settings.max_agents}: {why}")
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a queue call off the loop, riding out a database outage (a restart, a busy lock).
@@ -620,7 +597,7 @@ class Supervisor:
         Retries connection failures with backoff for up to ``database_outage_seconds``; after
         that the run stops (exit 1): the leases of what it holds expire and the work is reclaimed.
         """
-        limit = self.options.policy.database_outage_seconds
+        limit = self.settings.policy.database_outage_seconds
         started = time.monotonic()
         delay = 0.25
         while True:
@@ -653,7 +630,7 @@ class Supervisor:
 
     def _scheduler(self) -> AsyncIOScheduler:
         scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
-        every = self.options.lease_seconds / 3
+        every = self.settings.lease_seconds / 3
         common = {
             "trigger": "interval",
             "seconds": every,
@@ -735,7 +712,7 @@ class Supervisor:
             sessions=self._sessions,
             stop_reason=self._fatal[0] if self._fatal else self._budget_note(counts),
             exit_code=code,
-            budget_usd=self.options.max_cost_usd,
+            budget_usd=self.settings.max_cost_usd,
         )
 
     def _budget_note(self, counts: dict[str, int]) -> str | None:

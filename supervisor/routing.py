@@ -7,15 +7,16 @@ Defaults can be changed per project in ``DIR/.agent-manager/config.toml`` or in 
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from api import defaults
+from api.defaults import MAX_ATTEMPTS_LIMIT, MAX_COST_LIMIT, MAX_SECONDS, is_number
 from api.errors import InputError
-from api.features_file import MAX_ATTEMPTS_LIMIT, MAX_COST_LIMIT, MODEL_RE
+from api.features_file import MODEL_RE
 from supervisor.sandbox import DEFAULT_BASH_DENY
 
 DEFAULT_MODELS = {"testing": "haiku", "documentation": "haiku"}
@@ -30,8 +31,8 @@ class AgentPolicy:
     timeouts: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
     max_turns: int = 200
     stall_seconds: float = 1200.0
-    verify_timeout_seconds: float = 600.0
-    max_attempts: int = 3
+    verify_timeout_seconds: float = defaults.VERIFY_TIMEOUT_SECONDS
+    max_attempts: int = defaults.MAX_ATTEMPTS
     reminders: int = 2
     max_budget_usd: float | None = None  # per feature attempt
     fallback_model: str | None = None
@@ -52,7 +53,6 @@ class AgentPolicy:
         return self.timeouts.get(model) or self.timeouts.get(family or "", self.timeouts.get("sonnet", 1800.0))
 
 
-MAX_SECONDS = 7 * 24 * 3600
 _INTEGERS = {"max_turns": (1, 10_000), "max_attempts": (1, MAX_ATTEMPTS_LIMIT), "reminders": (0, 20)}
 _TABLES = ("models", "timeouts", "bash_deny", "mcp_server", "cli_path")  # settings with their own checks
 _SCALARS = {f.name: f.type for f in dataclasses.fields(AgentPolicy) if f.name not in _TABLES}
@@ -135,13 +135,8 @@ def _numbers(value: Any, source: str, table: str) -> dict[str, float]:
     return {k: float(v) for k, v in value.items()}
 
 
-def _is_number(value: Any) -> bool:
-    # TOML has inf and nan; neither is a usable limit.
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _is_seconds(value: Any) -> bool:
-    return _is_number(value) and 0 < value <= MAX_SECONDS
+    return is_number(value) and 0 < value <= MAX_SECONDS
 
 
 def _scalar(name: str, value: Any, source: str) -> Any:
@@ -157,7 +152,7 @@ def _scalar(name: str, value: Any, source: str) -> Any:
             raise InputError(f"{source}: {name} must be from {low} to {high}, got {value!r}")
         return value
     if name == "max_budget_usd":
-        if not (_is_number(value) and 0 < value <= MAX_COST_LIMIT):
+        if not (is_number(value) and 0 < value <= MAX_COST_LIMIT):
             raise InputError(
                 f"{source}: max_budget_usd must be a number of US dollars above 0 and at most {MAX_COST_LIMIT:g}, "
                 f"got {value!r}"
@@ -171,6 +166,6 @@ def _scalar(name: str, value: Any, source: str) -> Any:
                 f"got {value!r}"
             )
         return float(value)
-    if not (_is_number(value) and value >= 0):
+    if not (is_number(value) and value >= 0):
         raise InputError(f"{source}: {name} must be a non-negative finite number, got {value!r}")
     return value

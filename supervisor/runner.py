@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from api.identity import Identity
+
 
 class Ending(str, enum.Enum):
     """How a session ended, before the supervisor turns it into a feature outcome."""
@@ -55,7 +57,7 @@ class AgentTask:
     prompt: str
     cwd: Path
     transcript_path: Path
-    mcp_env: dict[str, str]
+    identity: Identity  # who the agent is to the coordination MCP server
     max_turns: int
     timeout_s: float
     stall_s: float

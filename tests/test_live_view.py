@@ -13,12 +13,13 @@ from api.database import Database
 from api.features_file import FeatureSpec
 from api.queue import FeatureQueue
 from supervisor.claude_runner import ClaudeRunner
+from supervisor.config import Settings
 from supervisor.live import PlainView, cost_cell
-from supervisor.loop import AgentState, RunOptions, Supervisor
+from supervisor.loop import AgentState, Supervisor
 from supervisor.routing import AgentPolicy
 from supervisor.runner import ActivityEvent
-from tests.fake_model import FakeModelServer, isolated_cli_env
-from tests.fake_model.agents import Agents, Convo, Request, write
+from supervisor.scripted_model import FakeModelServer, isolated_cli_env
+from supervisor.scripted_model.agents import Agents, Convo, Request, write
 
 pytestmark = pytest.mark.slow
 
@@ -57,16 +58,16 @@ def test_turns_and_cost_grow_while_a_session_works_and_end_at_the_exact_figures(
     view = Recording()
     with FakeModelServer(Agents({"parts": three_files})) as server:
         runner = ClaudeRunner(extra_env=isolated_cli_env(server.base_url, tmp_path / "cli"))
-        options = RunOptions(
+        settings = Settings(
             project_dir=project,
             database_url=db.url.render_as_string(hide_password=False),
-            logs_dir=project / ".agent-manager" / "logs",
+            features_file=project / "features.json",
             max_agents=1,
             lease_seconds=30,
             policy=AgentPolicy(),
         )
         try:
-            summary = asyncio.run(asyncio.wait_for(Supervisor(queue, runner, options, view).run(), 120))
+            summary = asyncio.run(asyncio.wait_for(Supervisor(queue, runner, settings, view).run(), 120))
         finally:
             runner.close()
 

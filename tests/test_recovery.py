@@ -2,7 +2,7 @@
 
 Real processes throughout: `python agent_manager.py` as subprocesses, the bundled `claude` CLI
 with its stdio MCP server, a SQLite file or the test PostgreSQL server, and the scripted model
-(tests/fake_model), whose agents can be held mid-task with events so that a process dies at a
+(supervisor/scripted_model), whose agents can be held mid-task with events so that a process dies at a
 known point. Leases are 3 s (the minimum) so that recovery from a dead owner takes seconds.
 The races at the end of a run are pinned down in process, with scripted sessions.
 """
@@ -27,12 +27,13 @@ from api.database import Database
 from api.features_file import FeatureSpec
 from api.models import AgentRun, Feature, utcnow
 from api.queue import ClaimedFeature, FeatureQueue
+from supervisor.config import Settings
 from supervisor.live import PlainView
-from supervisor.loop import AgentState, RunOptions, Supervisor
+from supervisor.loop import AgentState, Supervisor
 from supervisor.routing import AgentPolicy
 from supervisor.runner import ActivityEvent, AgentOutcome, AgentTask, Ending
-from tests.fake_model import Delay, DropMidStream, HttpError, Reply, Request
-from tests.fake_model.agents import Agents, Convo
+from supervisor.scripted_model import Delay, DropMidStream, HttpError, Reply, Request
+from supervisor.scripted_model.agents import Agents, Convo
 from tests.harness import RUN_TIMEOUT_S, Run, alive, descendants
 
 pytestmark = pytest.mark.slow
@@ -493,16 +494,16 @@ class Sessions:
 
 def supervise_in_process(queue: FeatureQueue, sessions: Sessions, view: PlainView | None = None):  # noqa: ANN201
     assert queue.project_dir is not None
-    options = RunOptions(
+    settings = Settings(
         project_dir=queue.project_dir,
         database_url=queue.db.url.render_as_string(hide_password=False),
-        logs_dir=queue.project_dir / ".agent-manager" / "logs",
+        features_file=queue.project_dir / "features.json",
         max_agents=2,
         lease_seconds=30,
         policy=AgentPolicy(),
         idle_poll_seconds=0.2,
     )
-    supervisor = Supervisor(queue, sessions, options, view or PlainView(io.StringIO()))
+    supervisor = Supervisor(queue, sessions, settings, view or PlainView(io.StringIO()))
     return asyncio.run(asyncio.wait_for(supervisor.run(), 60))
 
 

@@ -17,8 +17,9 @@ import pytest
 from api.database import Database
 from api.features_file import FeatureSpec
 from api.queue import FeatureQueue
+from supervisor.config import Settings
 from supervisor.live import PlainView
-from supervisor.loop import RunOptions, Supervisor
+from supervisor.loop import Supervisor
 from supervisor.routing import AgentPolicy
 from supervisor.runner import ActivityEvent, AgentOutcome, AgentTask, Ending
 
@@ -88,16 +89,16 @@ def make(db_url: str, project: Path, specs=DAG, **policy) -> FeatureQueue:  # no
 
 
 def supervise(queue: FeatureQueue, runner: ScriptedRunner, project: Path, max_agents: int = 3, **policy):  # noqa: ANN201
-    options = RunOptions(
+    settings = Settings(
         project_dir=project,
         database_url=queue.db.url.render_as_string(hide_password=False),
-        logs_dir=project / ".agent-manager" / "logs",
+        features_file=project / "features.json",
         max_agents=max_agents,
         lease_seconds=30,
         policy=AgentPolicy(**policy),
         idle_poll_seconds=0.2,
     )
-    supervisor = Supervisor(queue, runner, options, PlainView(open("/dev/null", "w")))  # noqa: SIM115
+    supervisor = Supervisor(queue, runner, settings, PlainView(open("/dev/null", "w")))  # noqa: SIM115
     return asyncio.run(asyncio.wait_for(supervisor.run(), 60)), supervisor
 
 
