@@ -1,7 +1,7 @@
 """Benchmark 5: the real CLI end to end, sessions per second and memory per agent.
 
 ``python agent_manager.py --project-dir DIR --max-agents N`` runs as a subprocess against the
-scripted model server of the tests (tests/fake_model), so every session is a real bundled
+scripted model server of the tests (supervisor/scripted_model), so every session is a real bundled
 ``claude`` process with the real ``python -m mcp_server`` attached. The scripted model calls
 feature_get, then feature_release(passing) with the id it got, then ends its turn: the least
 work a session can do, so what is measured is the supervisor's and the CLI's own overhead.
@@ -30,8 +30,8 @@ from common import REPO_ROOT, parse_args, print_table, write_results  # noqa: E4
 
 from api.database import Database, default_url  # noqa: E402
 from api.queue import FeatureQueue  # noqa: E402
-from tests.fake_model import FakeModelServer, Reply, Request, isolated_cli_env  # noqa: E402
-from tests.fake_model import agents as scripted  # noqa: E402
+from supervisor.scripted_model import FakeModelServer, Reply, Request, isolated_cli_env  # noqa: E402
+from supervisor.scripted_model import agents as scripted  # noqa: E402
 
 AGENTS = (1, 4, 8)
 GOAL_MB_PER_AGENT = 30.0

@@ -27,8 +27,8 @@ from common import REPO_ROOT, parse_args, print_table, write_results  # noqa: E4
 
 from api.database import Database, default_url  # noqa: E402
 from api.queue import FeatureQueue  # noqa: E402
-from tests.fake_model import DropMidStream, FakeModelServer, HttpError, isolated_cli_env  # noqa: E402
-from tests.fake_model.agents import Agents  # noqa: E402
+from supervisor.scripted_model import DropMidStream, FakeModelServer, HttpError, isolated_cli_env  # noqa: E402
+from supervisor.scripted_model.agents import Agents  # noqa: E402
 from tests.harness import descendants  # noqa: E402
 
 SEED = 20261123

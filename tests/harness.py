@@ -14,7 +14,7 @@ import pytest
 
 from api.database import Database
 from api.queue import FeatureQueue
-from tests.fake_model import FakeModelServer, Reply, Request, isolated_cli_env
+from supervisor.scripted_model import FakeModelServer, Reply, Request, isolated_cli_env
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 240

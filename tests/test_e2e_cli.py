@@ -1,6 +1,6 @@
 """End to end: `python agent_manager.py` as a subprocess, real `claude` CLI sessions, a scripted model.
 
-The scripted model (tests/fake_model) plays the agents: it reads its assignment with feature_get,
+The scripted model (supervisor/scripted_model) plays the agents: it reads its assignment with feature_get,
 writes files with the CLI's own Write tool and reports with feature_release, deciding every
 reply from the conversation so far. The supervisor, the SDK, the CLI, the stdio MCP server and
 the SQLite queue are all real.
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_model import Reply, Request
-from tests.fake_model.agents import TOOL, Agents, Convo, release, write
+from supervisor.scripted_model import Reply, Request
+from supervisor.scripted_model.agents import TOOL, Agents, Convo, release, write
 from tests.harness import RUN_TIMEOUT_S, Run, alive, descendants
 
 pytestmark = pytest.mark.slow

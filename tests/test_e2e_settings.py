@@ -1,5 +1,5 @@
 """Settings from .agent-manager/config.toml, end to end: `python agent_manager.py` with real `claude`
-CLI sessions against the scripted model (tests/fake_model), on the project's own SQLite queue.
+CLI sessions against the scripted model (supervisor/scripted_model), on the project's own SQLite queue.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.fake_model import Reply, Request
-from tests.fake_model.agents import TOOL, Agents, Convo, release
+from supervisor.scripted_model import Reply, Request
+from supervisor.scripted_model.agents import TOOL, Agents, Convo, release
 from tests.harness import Run
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from claude_agent_sdk import ClaudeSDKClient, ResultError, ResultMessage
 
-from tests.fake_model import (
+from supervisor.scripted_model import (
     Delay,
     DropMidStream,
     FakeModelServer,
@@ -26,7 +26,7 @@ from tests.fake_model import (
     cli_options,
     run_query,
 )
-from tests.fake_model.scripts import ScriptedBrain, mcp_call_brain, say, write_file, write_file_brain
+from supervisor.scripted_model.scripts import ScriptedBrain, mcp_call_brain, say, write_file, write_file_brain
 
 # List prices the bundled CLI applies to claude-sonnet-4-5, in USD per token.
 SONNET_45 = "claude-sonnet-4-5"
@@ -190,7 +190,7 @@ def test_delay_and_dropped_connections() -> None:
 @pytest.mark.timeout(30)
 def test_standalone_mode_prints_its_url() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_model", "--port", "0", "--script", "hello:hi there"],
+        [sys.executable, "-m", "supervisor.scripted_model", "--port", "0", "--script", "hello:hi there"],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parent.parent,

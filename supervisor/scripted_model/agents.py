@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.fake_model.server import Reply, Request, _blocks, _content_text, _is_reminder
+from supervisor.scripted_model.messages import Reply, Request, _blocks, _content_text, _is_reminder
 
 TOOL = "mcp__agent-manager__"
 

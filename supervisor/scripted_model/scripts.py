@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from tests.fake_model.server import Reply, Request, ToolResult
+from supervisor.scripted_model.messages import Reply, Request, ToolResult
 
 # --------------------------------------------------------------------------------------------
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from claude_agent_sdk import ClaudeAgentOptions, ResultMessage, query
+if TYPE_CHECKING:
+    # The SDK takes about a second to import; the demo and the standalone server never need it.
+    from claude_agent_sdk import ClaudeAgentOptions, ResultMessage
 
 
 def isolated_cli_env(base_url: str, tmp_path: Path | str, **extra: str) -> dict[str, str]:
@@ -34,6 +36,8 @@ def cli_options(
     base_url: str, tmp_path: Path | str, *, env: dict[str, str] | None = None, **kwargs: Any
 ) -> ClaudeAgentOptions:
     """Options for an isolated session whose cwd is `tmp_path/project` (created)."""
+    from claude_agent_sdk import ClaudeAgentOptions
+
     project = Path(tmp_path) / "project"
     project.mkdir(parents=True, exist_ok=True)
     kwargs.setdefault("cwd", str(project))
@@ -52,6 +56,8 @@ class QueryRun:
 
 async def run_query(prompt: str, options: ClaudeAgentOptions) -> QueryRun:
     """Consume a whole query() (leaving it early makes the SDK log aclose() errors)."""
+    from claude_agent_sdk import ResultMessage, query
+
     run = QueryRun()
     start = time.monotonic()
     try:

@@ -1,9 +1,13 @@
-"""Scripted fake Anthropic Messages API for driving the real bundled `claude` CLI in tests."""
+"""A scripted Anthropic Messages API on 127.0.0.1 that drives the real bundled `claude` CLI.
+
+The tests, the benchmarks and `agent-manager demo` use it instead of the real API (no key needed).
+Importing it is cheap: claude_agent_sdk is imported only by `cli_options` and `run_query`.
+"""
 
 from __future__ import annotations
 
-from tests.fake_model.cli import QueryRun, cli_options, isolated_cli_env, run_query
-from tests.fake_model.server import (
+from supervisor.scripted_model.cli import QueryRun, cli_options, isolated_cli_env, run_query
+from supervisor.scripted_model.server import (
     Brain,
     Delay,
     DropMidStream,

@@ -1,4 +1,4 @@
-"""python -m tests.fake_model --port 0 --script NAME[:ARG]  (prints its URL on the first line)"""
+"""python -m supervisor.scripted_model --port 0 --script NAME[:ARG]  (prints its URL on the first line)"""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import argparse
 import signal
 import sys
 
-from tests.fake_model.scripts import SCRIPTS, make_script
-from tests.fake_model.server import FakeModelServer, Usage
+from supervisor.scripted_model.scripts import SCRIPTS, make_script
+from supervisor.scripted_model.server import FakeModelServer, Usage
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fake_model", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m supervisor.scripted_model", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--script", default="hello", help=f"one of {', '.join(sorted(SCRIPTS))}, optionally NAME:ARG")
