@@ -16,7 +16,21 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import DatabaseError, InputError
 
-ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+
+def _find_migrations() -> Path:
+    """The migration scripts: api/_migrations in an installed wheel (build_hooks.py puts them
+    there), else the checkout's alembic/ (an editable install or a source tree). Next to an
+    installed api/ an `alembic` folder is the Alembic library, so the folder must hold our env.py
+    and versions/ to count."""
+    here = Path(__file__).resolve().parent
+    candidates = (here / "_migrations", here.parent / "alembic")
+    for candidate in candidates:
+        if (candidate / "env.py").is_file() and (candidate / "versions").is_dir():
+            return candidate
+    return candidates[0]
+
+
+ALEMBIC_DIR = _find_migrations()
 # The newest revision in alembic/versions (a test keeps the two equal). A database already at
 # it is opened without importing alembic or parsing the scripts: every command opens one.
 HEAD_REVISION = "0002"
@@ -166,6 +180,11 @@ class Database:
 
         from alembic import command
 
+        if not (ALEMBIC_DIR / "env.py").is_file():
+            raise DatabaseError(
+                f"agent-manager's database migrations are missing (looked for {ALEMBIC_DIR}): "
+                "reinstall agent-manager (pip install --force-reinstall agent-manager)"
+            )
         cfg = Config()
         cfg.set_main_option("script_location", str(ALEMBIC_DIR))
         scripts = ScriptDirectory.from_config(cfg)
