@@ -85,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_logs.add_argument("feature_id", type=int, metavar="ID")
     p_logs.add_argument("--attempt", type=int, help="show this attempt's transcript instead of the last")
     p_logs.add_argument("--raw", action="store_true", help="print the transcript's JSON lines")
+    p_demo = sub.add_parser(
+        "demo",
+        help="run real claude sessions on an example project against a scripted local model (no API key needed)",
+    )
+    _add(p_demo, {"max_agents": RUN_OPTIONS["max_agents"]}, suppress=True)
+    p_demo.add_argument(
+        "--project-dir",
+        dest="demo_dir",
+        metavar="DIR",
+        help="where to build the demo project (default: a new temp dir)",
+    )
     for p in (p_import, p_status, p_retry, p_logs):
         # SUPPRESS: a flag given before the subcommand is not overwritten by the subparser's default.
         _add(p, COMMON_OPTIONS, suppress=True)
@@ -115,8 +126,16 @@ def run(argv: Sequence[str] | None = None) -> int:
     from supervisor import commands
     from supervisor.config import make_settings
 
-    common = _resolve(args, COMMON_OPTIONS)
     run_opts = _resolve(args, RUN_OPTIONS)
+    if args.command == "demo":
+        if run_opts["max_agents"] < 1:
+            raise InputError(f"--max-agents must be at least 1, got {run_opts['max_agents']}")
+        from pathlib import Path
+
+        from supervisor.demo import run_demo
+
+        return run_demo(max_agents=run_opts["max_agents"], project_dir=args.demo_dir and Path(args.demo_dir))
+    common = _resolve(args, COMMON_OPTIONS)
     settings = make_settings(common["project_dir"], common["database_url"], common["features"], **run_opts)
     if args.command == "import":
         return commands.cmd_import(settings)

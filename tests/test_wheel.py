@@ -185,9 +185,7 @@ def test_the_installed_mcp_server_serves_its_tools_over_stdio(venv: Venv) -> Non
 
 def test_the_installed_demo_runs_every_example_feature_to_passing(venv: Venv) -> None:
     project = venv.outside / "demo"
-    proc = venv.run(
-        venv.python, "-m", "supervisor.demo", "--max-agents", "2", "--think-seconds", "0", "--project-dir", str(project)
-    )
+    proc = venv.run(venv.agent_manager, "demo", "--max-agents", "2", "--project-dir", str(project))
     _check(proc)
     assert f"project   {project}" in proc.stdout
     statuses = _statuses(venv, project)
