@@ -1,0 +1,129 @@
+"""Starting a session's `claude` CLI and fencing what it does.
+
+Which executable runs (the SDK's bundled CLI unless one is configured), the guard script that
+ties each CLI to its supervisor's life, and the PreToolUse hooks that ask the supervisor before
+the agent writes a file or runs a command. Where each CLI keeps its state is supervisor.cli_state.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import claude_agent_sdk
+from claude_agent_sdk import HookMatcher
+
+from supervisor.runner import AgentTask
+
+if TYPE_CHECKING:
+    from claude_agent_sdk.types import HookEvent
+
+WRITE_TOOLS = "Write|Edit|MultiEdit|NotebookEdit"
+
+# Stands in for the `claude` executable: asks Linux to send the CLI SIGTERM when the supervisor
+# dies (PR_SET_PDEATHSIG survives exec), then becomes the CLI. Without it, a supervisor killed
+# with SIGKILL leaves its CLIs working on as orphans until their turn ends (measured: stdin EOF
+# is only read between turns), calling the model and writing files for features whose leases
+# pass to another supervisor. SIGTERM, not SIGKILL: the CLI then stops its own MCP server and
+# Bash commands. The signal comes when the thread that started the CLI exits: the SDK starts it
+# from the event loop's thread, which lives as long as the supervisor.
+_GUARD_SCRIPT = """#!{python} -I
+# Written by agent-manager (supervisor/cli_process.py): runs the claude CLI so that it dies with its supervisor.
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+if str(os.getppid()) != os.environ.pop("AGENT_MANAGER_SUPERVISOR_PID", str(os.getppid())):
+    sys.exit("agent-manager: the supervisor exited before its claude CLI started")
+cli = os.environ.pop("AGENT_MANAGER_CLAUDE_CLI")
+os.execv(cli, [cli, *sys.argv[1:]])
+"""
+# prctl is Linux's; a shebang line cannot hold spaces and is cut at 127 bytes on older kernels.
+_GUARD_WORKS = sys.platform.startswith("linux") and " " not in sys.executable and len(sys.executable) < 120
+
+
+class CliLauncher:
+    """Which `claude` executable the sessions run, and through which guard."""
+
+    def __init__(self, cli_path: str | None = None, project_dir: Path | None = None) -> None:
+        self.cli_path = cli_path
+        self.project_dir = project_dir  # a relative cli_path is taken from here
+        self._guards: dict[Path, str | None] = {}
+
+    def executable(self) -> str | None:
+        """The executable the sessions run; None if there is none (or it is not executable)."""
+        if self.cli_path:
+            path = Path(self.cli_path).expanduser()
+            if not path.is_absolute() and len(path.parts) > 1 and self.project_dir is not None:
+                path = self.project_dir / path
+            return shutil.which(str(path))
+        bundled = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
+        return str(bundled) if bundled.is_file() else shutil.which("claude")
+
+    def name(self) -> str:
+        """The CLI as a message names it."""
+        return self.executable() or self.cli_path or "claude"
+
+    def command(self, guard_dir: Path) -> tuple[str | None, dict[str, str]]:
+        """The ``cli_path`` to hand the SDK, and the variables the guard script reads.
+
+        The guard is written to ``guard_dir`` once per run; where it cannot work, the CLI runs bare.
+        """
+        real_cli = self.executable()
+        guard = self._guard(guard_dir) if real_cli else None
+        if guard is None:
+            return real_cli or self.cli_path, {}
+        return guard, {"AGENT_MANAGER_CLAUDE_CLI": real_cli, "AGENT_MANAGER_SUPERVISOR_PID": str(os.getpid())}
+
+    def _guard(self, directory: Path) -> str | None:
+        if directory not in self._guards:
+            self._guards[directory] = _write_guard(directory) if _GUARD_WORKS else None
+        return self._guards[directory]
+
+
+def _write_guard(directory: Path) -> str | None:
+    path, script = directory / "claude-guard", _GUARD_SCRIPT.format(python=sys.executable)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if not path.is_file() or path.read_text(encoding="utf-8") != script:
+            # Atomic: another supervisor on the same project may be starting a CLI through it.
+            scratch = directory / f".claude-guard.{os.getpid()}"
+            scratch.write_text(script, encoding="utf-8")
+            scratch.chmod(0o755)
+            os.replace(scratch, path)
+    except OSError:
+        return None
+    return str(path) if os.access(path, os.X_OK) else None  # X_OK is refused on a noexec mount
+
+
+def tool_hooks(task: AgentTask, on_wait: Callable[[str], None]) -> dict[HookEvent, list[HookMatcher]]:
+    """PreToolUse hooks that ask ``task.guard_write`` before a file is written and ``task.guard_bash``
+    before a command runs; ``on_wait`` hears why a write must wait (a file another agent holds)."""
+
+    async def guard(input_data: dict[str, Any], _tool_use_id: str | None, _context: Any) -> dict[str, Any]:
+        tool_input = input_data.get("tool_input") or {}
+        if input_data.get("tool_name") == "Bash":
+            verdict = task.guard_bash(str(tool_input.get("command", ""))) if task.guard_bash else None
+            return _deny(verdict.reason) if verdict is not None and not verdict.allowed else {}
+        path = tool_input.get("file_path") or tool_input.get("notebook_path")
+        if not path or task.guard_write is None:
+            return {}
+        decision = await task.guard_write(str(path))
+        if decision.allowed:
+            return {}
+        on_wait(decision.reason)
+        return _deny(decision.reason)
+
+    return {"PreToolUse": [HookMatcher(matcher=WRITE_TOOLS, hooks=[guard]), HookMatcher(matcher="Bash", hooks=[guard])]}
+
+
+def _deny(reason: str) -> dict[str, Any]:
+    return {
+        "hookSpecificOutput": {
+            "hookEventName": "PreToolUse",
+            "permissionDecision": "deny",
+            "permissionDecisionReason": reason,
+        }
+    }
