@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from api.dag import PRIORITY_LIMIT, build_graph, find_cycle
+from api.defaults import MAX_ATTEMPTS_LIMIT, MAX_COST_LIMIT  # importable from here too, as before
 from api.errors import FeaturesFileError
 
 # Limits on what one file may hold: well past any real project, low enough that a wrong path
@@ -22,8 +23,6 @@ MAX_VERIFY = 10_000
 MAX_CATEGORY = 100
 MAX_MODEL = 100
 MAX_DEPENDENCIES = 10_000
-MAX_ATTEMPTS_LIMIT = 100
-MAX_COST_LIMIT = 10_000.0
 MODEL_RE = re.compile(r"^(haiku|sonnet|opus|claude-[a-z0-9][a-z0-9.\-]*)$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
