@@ -112,7 +112,9 @@ def test_finishing_an_attempt_records_releases_and_unlocks_in_one_step(queue: Fe
     assert (context.name, previous, run.attempt, run.transcript_path) == ("a", [], 1, "logs/a-1.jsonl")
     queue.claim_file("src/a.py", claim.agent_id, claim.id)
 
-    result = queue.finish_attempt(run.id, {"outcome": "passing", "num_turns": 4}, claim, Verdict(Status.PASSING, "built"))
+    result = queue.finish_attempt(
+        run.id, {"outcome": "passing", "num_turns": 4}, claim, Verdict(Status.PASSING, "built")
+    )
 
     assert result is not None and result.status == "passing"
     assert (queue.runs(claim.id)[0].outcome, queue.runs(claim.id)[0].num_turns) == ("passing", 4)
