@@ -6,8 +6,8 @@ everything it waits for and its descendants are everything it unblocks.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -17,34 +17,34 @@ if TYPE_CHECKING:
 PRIORITY_LIMIT = 1_000_000
 _PATH_WEIGHT = 10 * PRIORITY_LIMIT  # critical path dominates, priority breaks ties
 
-Node = Hashable
+Node = TypeVar("Node", int, str)  # feature ids in the queue, names in a features file
 
 
-def build_graph(dependencies: Mapping[Node, Iterable[Node]]) -> nx.DiGraph:
+def build_graph(dependencies: Mapping[Node, Iterable[Node]]) -> nx.DiGraph[Node]:
     """Graph of ``{feature: [dependency, ...]}``; every key becomes a node."""
     import networkx as nx
 
-    graph = nx.DiGraph()
+    graph: nx.DiGraph[Node] = nx.DiGraph()
     graph.add_nodes_from(dependencies)
     for node, deps in dependencies.items():
         graph.add_edges_from((dep, node) for dep in deps)
     return graph
 
 
-def find_cycle(graph: nx.DiGraph) -> list[Node] | None:
+def find_cycle(graph: nx.DiGraph[Node]) -> list[Node] | None:
     """One dependency cycle as a closed path ``[a, b, ..., a]``, or None for a DAG."""
     import networkx as nx
 
     if nx.is_directed_acyclic_graph(graph):
         return None  # the common case, and far cheaper than find_cycle's search
     try:
-        edges = nx.find_cycle(graph)
+        edges: list[tuple[Node, Node]] = nx.find_cycle(graph)
     except nx.NetworkXNoCycle:
         return None
-    return [edges[0][0], *(v for _, v in edges)]
+    return [edges[0][0]] + [v for _, v in edges]
 
 
-def critical_path_lengths(graph: nx.DiGraph) -> dict[Node, int]:
+def critical_path_lengths(graph: nx.DiGraph[Node]) -> dict[Node, int]:
     """For each node, the number of features on the longest chain that starts at it.
 
     A node with nothing depending on it has length 1. Claiming by this first keeps the
@@ -63,7 +63,7 @@ def claim_order(critical_path: int, priority: int) -> int:
     return -(critical_path * _PATH_WEIGHT + priority + PRIORITY_LIMIT)
 
 
-def ready_set(graph: nx.DiGraph, status: Mapping[Node, str]) -> set[Node]:
+def ready_set(graph: nx.DiGraph[Node], status: Mapping[Node, str]) -> set[Node]:
     """Pending features whose dependencies have all passed."""
     return {
         node
@@ -92,7 +92,7 @@ def blocked_set(dependencies: Mapping[Node, Iterable[Node]], status: Mapping[Nod
     return {node for node in below if status.get(node) not in ("passing", "failed")}
 
 
-def rank(graph: nx.DiGraph, nodes: Iterable[Node], priority: Mapping[Node, int]) -> list[Node]:
+def rank(graph: nx.DiGraph[Node], nodes: Iterable[Node], priority: Mapping[Node, int]) -> list[Node]:
     """``nodes`` in claim order (critical path, then priority, then the node key)."""
     lengths = critical_path_lengths(graph)
     return sorted(nodes, key=lambda n: (claim_order(lengths[n], priority.get(n, 0)), n))

@@ -7,9 +7,9 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -105,7 +105,7 @@ class Database:
     @property
     def sqlite_path(self) -> Path:
         """The file of a SQLite database (absolute, as SQLite resolves it)."""
-        return Path(self.url.database).absolute()
+        return Path(self.url.database or ":memory:").absolute()
 
     @property
     def display_url(self) -> str:
@@ -220,7 +220,7 @@ def _install_sqlite_recipe(engine: Engine) -> None:
     """SQLAlchemy's documented pysqlite recipe: we emit BEGIN ourselves, IMMEDIATE for writers."""
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # let the "begin" hook below own transactions
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
@@ -230,7 +230,7 @@ def _install_sqlite_recipe(engine: Engine) -> None:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn):  # noqa: ANN001
+    def _on_begin(conn: Connection) -> None:
         if conn.get_execution_options().get("read_only"):
             conn.exec_driver_sql("BEGIN")
         else:

@@ -14,10 +14,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, delete, select
+from sqlalchemy import Select, and_, delete, select
 from sqlalchemy.orm import Session
 
-from api import defaults, importer, statements
+from api import defaults, importer, reads, statements
 from api.database import Database
 from api.errors import InputError, LeaseLostError, NotFoundError
 from api.features_file import FeatureSpec
@@ -64,7 +64,7 @@ class FeatureQueue:
 
     # -- claims -----------------------------------------------------------------
 
-    def _ready_query(self, n: int):  # noqa: ANN202
+    def _ready_query(self, n: int) -> Select[int]:
         return statements.ready_query(n, skip_locked=not self.db.is_sqlite)
 
     def claim(self, n: int, owner: str) -> list[ClaimedFeature]:
@@ -80,7 +80,7 @@ class FeatureQueue:
                 return []
             params = statements.claim_params(ids, owner, now, expires)
             rows = session.execute(statements.claim_statement(), params).scalars().all()
-            claimed = sorted((statements.claimed(row) for row in rows), key=lambda c: ids.index(c.id))
+            claimed = sorted((reads.claimed(row) for row in rows), key=lambda c: ids.index(c.id))
             statements.log(session, [("claimed", c.id, owner, {"token": c.lease_token}) for c in claimed])
             return claimed
 
@@ -131,7 +131,7 @@ class FeatureQueue:
         params = statements.release_params(feature_id, owner, token, verdict, self.default_max_attempts, utcnow())
         row = session.execute(statements.release_statement(verdict), params).first()
         if row is None:
-            current = statements.lease(session, feature_id)
+            current = reads.lease(session, feature_id)
             if current is None:
                 raise NotFoundError(f"no feature with id {feature_id}")
             if current.owner == owner and current.lease_token == token:
@@ -238,8 +238,8 @@ class FeatureQueue:
         transcript). Raises LeaseLostError when the claim is no longer the caller's."""
 
         def work(session: Session) -> tuple[FeatureContext, list[RunRecord], RunRecord]:
-            context = statements.feature_context(session, claim.id)
-            previous = statements.runs(session, claim.id)
+            context = reads.feature_context(session, claim.id)
+            previous = reads.runs(session, claim.id)
             return context, previous, _start_run(session, claim, model, transcript_for(len(previous) + 1))
 
         return self.db.run(work)
@@ -257,15 +257,15 @@ class FeatureQueue:
 
     def runs(self, feature_id: int) -> list[RunRecord]:
         """Every attempt at a feature, oldest first."""
-        return self.db.run(lambda session: statements.runs(session, feature_id), read_only=True)
+        return self.db.run(lambda session: reads.runs(session, feature_id), read_only=True)
 
     def run(self, run_id: int) -> RunRecord:
         """One attempt. Raises NotFoundError for an unknown id."""
-        return self.db.run(lambda session: statements.run(session, run_id), read_only=True)
+        return self.db.run(lambda session: reads.run(session, run_id), read_only=True)
 
     def feature_context(self, feature_id: int) -> FeatureContext:
         """A feature's assignment as an agent reads it, with its dependencies' notes."""
-        return self.db.run(lambda session: statements.feature_context(session, feature_id), read_only=True)
+        return self.db.run(lambda session: reads.feature_context(session, feature_id), read_only=True)
 
     def report(
         self,
@@ -291,14 +291,14 @@ class FeatureQueue:
         def work(session: Session) -> tuple[str, int | None, str | None]:
             # Check and write in one transaction, so a claim that changes hands in between
             # cannot receive the previous agent's verdict.
-            row = statements.lease(session, feature_id)
+            row = reads.lease(session, feature_id)
             if row is None:
                 raise NotFoundError(f"no feature with id {feature_id}")
             if row.status == Status.CLAIMED and row.owner == agent_id:
                 return "self-claimed", row.lease_token, row.verify
             if row.status != Status.CLAIMED or row.agent_id != agent_id:
                 raise InputError(f"feature #{feature_id} is not assigned to you (it is {row.status})")
-            run_id = statements.open_run_id(session, agent_id, feature_id)
+            run_id = reads.open_run_id(session, agent_id, feature_id)
             if run_id is None:
                 raise InputError(f"feature #{feature_id} has no running attempt for you")
             session.execute(statements.update_run_statement(run_id, reported_status=status, reported_notes=notes))
@@ -308,6 +308,7 @@ class FeatureQueue:
         outcome, token, command = self.db.run(work)
         if outcome == "reported":
             return outcome
+        assert token is not None  # a claim's lease token, never null on a claimed row
         # A lead agent's own claim: release it directly; the token guard makes a race harmless.
         # Passing means here what it means for the supervisor: the verify command exited 0.
         if status == Status.PASSING and command:
@@ -344,7 +345,7 @@ class FeatureQueue:
             if inserted is not None:
                 statements.log(session, [("file_locked", feature_id, agent_id, {"path": path})])
                 return LockResult(True, f"locked {path}", path)
-            holder = statements.lock_holder(session, path)
+            holder = reads.lock_holder(session, path)
             if holder is None:  # released between our insert and this read
                 return LockResult(False, f"{path} was just released; try again", path)
             if holder.owner == agent_id:
@@ -376,7 +377,7 @@ class FeatureQueue:
 
     def file_locks(self) -> list[tuple[str, str, int | None]]:
         """(path, owner, feature_id) of every lock, by path."""
-        return self.db.run(statements.file_locks, read_only=True)
+        return self.db.run(reads.file_locks, read_only=True)
 
     # -- import and status ----------------------------------------------------------
 
@@ -401,11 +402,11 @@ class FeatureQueue:
         return self.db.run(work)
 
     def status_report(self) -> StatusReport:
-        return self.db.run(statements.status_report, read_only=True)
+        return self.db.run(reads.status_report, read_only=True)
 
     def events(self, feature_id: int | None = None) -> list[tuple[int, str, int | None, str | None]]:
         """(id, kind, feature_id, owner) of logged events, oldest first."""
-        return self.db.run(lambda session: statements.events(session, feature_id), read_only=True)
+        return self.db.run(lambda session: reads.events(session, feature_id), read_only=True)
 
 
 # -- helpers (all run inside the caller's transaction) ----------------------------------
@@ -418,11 +419,11 @@ def _status(status: str) -> Status:
 
 
 def _start_run(session: Session, claim: ClaimedFeature, model: str | None, transcript_path: str | None) -> RunRecord:
-    if not statements.holds(session, claim):
+    if not reads.holds(session, claim):
         raise LeaseLostError(f"feature #{claim.id} is no longer held by {claim.owner}")
     row = {
         "feature_id": claim.id,
-        "attempt": statements.attempt_count(session, claim.id) + 1,
+        "attempt": reads.attempt_count(session, claim.id) + 1,
         "owner": claim.owner,
         "agent_id": claim.agent_id,
         "model": model,
@@ -430,7 +431,7 @@ def _start_run(session: Session, claim: ClaimedFeature, model: str | None, trans
         "started_at": utcnow(),
     }
     run_id = session.execute(statements.insert_run_statement(row)).scalar_one()
-    return statements.run_record(AgentRun(id=run_id, **row))  # transient: its other columns read as None
+    return reads.run_record(AgentRun(id=run_id, **row))  # transient: its other columns read as None
 
 
 def _unblock_dependents(session: Session, feature_id: int, is_sqlite: bool) -> None:

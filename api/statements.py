@@ -18,7 +18,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     Integer,
-    Row,
+    Select,
     String,
     Text,
     and_,
@@ -33,18 +33,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate, Update
 
-from api import dag
-from api.errors import NotFoundError
 from api.models import AgentRun, Event, Feature, FeatureDependency, FileLock, utcnow
 from api.records import (
-    ClaimedFeature,
-    DependencyNote,
-    FeatureContext,
-    FeatureView,
-    RunRecord,
     Status,
-    StatusReport,
     Verdict,
 )
 
@@ -52,7 +45,7 @@ from api.records import (
 
 
 @functools.lru_cache(maxsize=128)
-def ready_query(n: int, *, skip_locked: bool):  # noqa: ANN201
+def ready_query(n: int, *, skip_locked: bool) -> Select[int]:
     """The claim's candidate query: up to ``n`` ready feature ids, best first (one per n and dialect)."""
     dep = aliased(Feature)
     unmet = exists().where(
@@ -73,7 +66,7 @@ def ready_query(n: int, *, skip_locked: bool):  # noqa: ANN201
 
 
 @functools.cache
-def claim_statement():  # noqa: ANN201
+def claim_statement() -> ReturningUpdate[Feature]:
     """Claim the pending features among ``b_ids``: a new lease token, owner and agent id each."""
     new_token = Feature.lease_token + 1
     return (
@@ -101,7 +94,7 @@ def claim_params(ids: Iterable[int], owner: str, now: datetime, expires: datetim
     return {"b_ids": list(ids), "b_owner": owner, "b_agent_prefix": owner + "/", "b_expires": expires, "b_now": now}
 
 
-def release_statement(verdict: Verdict):  # noqa: ANN201
+def release_statement(verdict: Verdict) -> ReturningUpdate[str, int]:
     """The holder's release of a claim with ``verdict``, guarded by owner and lease token.
 
     Returns the stored status and attempts, or no row when the claim is no longer the holder's.
@@ -132,7 +125,7 @@ def release_params(
 
 
 @functools.lru_cache(maxsize=32)
-def _release_statement(verdict: str, with_notes: bool, with_model: bool):  # noqa: ANN202
+def _release_statement(verdict: str, with_notes: bool, with_model: bool) -> ReturningUpdate[str, int]:
     """The release for one kind of verdict: passing, failed (an attempt), give_up or pending."""
     now = bindparam("b_now", type_=DateTime)
     values: dict[str, Any] = {
@@ -173,7 +166,7 @@ def _release_statement(verdict: str, with_notes: bool, with_model: bool):  # noq
 
 
 @functools.cache
-def unblock_statements():  # noqa: ANN201
+def unblock_statements() -> tuple[Select[int], Update]:
     """(lock, unblock) for the dependents of ``feature_id``: row locks in id order, then one fewer unmet dependency."""
     dependents = select(FeatureDependency.feature_id).where(FeatureDependency.depends_on_id == bindparam("feature_id"))
     lock = select(Feature.id).where(Feature.id.in_(dependents)).order_by(Feature.id).with_for_update()
@@ -186,7 +179,7 @@ def unblock_statements():  # noqa: ANN201
     return lock, unblock
 
 
-def renew_statement(owner: str, expires: datetime):  # noqa: ANN201
+def renew_statement(owner: str, expires: datetime) -> ReturningUpdate[int, int]:
     """Extend every lease ``owner`` holds; returns (id, lease_token) of each."""
     return (
         update(Feature)
@@ -202,13 +195,13 @@ def expired_claims(now: datetime) -> ColumnElement[bool]:
     return and_(Feature.status == Status.CLAIMED, Feature.lease_expires_at < now)
 
 
-def expired_claims_query(now: datetime, *, skip_locked: bool):  # noqa: ANN201
+def expired_claims_query(now: datetime, *, skip_locked: bool) -> Select[int, str | None, str | None]:
     """(id, owner, agent_id) of the expired claims, by id."""
     query = select(Feature.id, Feature.owner, Feature.agent_id).where(expired_claims(now)).order_by(Feature.id)
     return query.with_for_update(skip_locked=True) if skip_locked else query
 
 
-def unclaim_statement(where: ColumnElement[bool], now: datetime):  # noqa: ANN201
+def unclaim_statement(where: ColumnElement[bool], now: datetime) -> Update:
     """Return the claims ``where`` selects to pending, owner and lease cleared, no attempt used."""
     return (
         update(Feature)
@@ -231,17 +224,17 @@ def check_run_fields(fields: Mapping[str, Any]) -> None:
         raise TypeError(f"unknown run fields {sorted(unknown)}")
 
 
-def update_run_statement(run_id: int, **values: Any):  # noqa: ANN201
+def update_run_statement(run_id: int, **values: Any) -> Update:
     return update(AgentRun).where(AgentRun.id == run_id).values(**values)
 
 
-def insert_run_statement(row: Mapping[str, Any]):  # noqa: ANN201
+def insert_run_statement(row: Mapping[str, Any]) -> ReturningInsert[int]:
     """Insert an attempt; returns its id."""
     # Core, not session.add + flush: the unit of work cost about a millisecond per attempt.
-    return insert(AgentRun.__table__).values(row).returning(AgentRun.__table__.c.id)
+    return insert(AgentRun).values(row).returning(AgentRun.id)
 
 
-def close_runs_statement(agent_ids: Iterable[str | None], now: datetime, outcome: str, error: str):  # noqa: ANN201
+def close_runs_statement(agent_ids: Iterable[str | None], now: datetime, outcome: str, error: str) -> Update:
     """End the still-open attempts of these agents (claims that ended without their session's verdict)."""
     return (
         update(AgentRun)
@@ -251,7 +244,9 @@ def close_runs_statement(agent_ids: Iterable[str | None], now: datetime, outcome
     )
 
 
-def lock_file_statement(is_sqlite: bool, path: str, owner: str, feature_id: int | None, now: datetime):  # noqa: ANN201
+def lock_file_statement(
+    is_sqlite: bool, path: str, owner: str, feature_id: int | None, now: datetime
+) -> ReturningInsert[str]:
     """Insert a file lock unless the path is already locked; returns the path when it inserted."""
     # Imported here: the PostgreSQL dialect's import alone is 60 ms of every command's start-up.
     from sqlalchemy.dialects import postgresql, sqlite
@@ -265,187 +260,15 @@ def lock_file_statement(is_sqlite: bool, path: str, owner: str, feature_id: int 
     )
 
 
-@functools.cache
-def _dependencies_query():  # noqa: ANN202
-    dep = aliased(Feature)
-    return (
-        select(dep.id, dep.name, dep.status, dep.notes)
-        .join(FeatureDependency, FeatureDependency.depends_on_id == dep.id)
-        .where(FeatureDependency.feature_id == bindparam("feature_id"))
-        .order_by(dep.id)
-    )
-
-
 # -- the event log ---------------------------------------------------------------------------
 
 
-def log(session: Session, entries: list[tuple[str, int | None, str | None, dict | None]]) -> None:
+def log(session: Session, entries: list[tuple[str, int | None, str | None, dict[str, Any] | None]]) -> None:
     """Append ``(kind, feature_id, owner, detail)`` entries to the event log, in the caller's transaction."""
     if entries:
         now = utcnow()
         # A Core insert: the ORM's bulk path cost ~0.3 ms per call, and there is one per verb.
         session.execute(
-            insert(Event.__table__),
+            insert(Event),
             [{"ts": now, "kind": k, "feature_id": f, "owner": o, "detail": d} for k, f, o, d in entries],
         )
-
-
-# -- reads: rows to records (inside the caller's transaction) -------------------------------
-
-
-def claimed(row: Feature) -> ClaimedFeature:
-    return ClaimedFeature(
-        id=row.id,
-        name=row.name,
-        description=row.description,
-        category=row.category,
-        priority=row.priority,
-        steps=tuple(row.steps or ()),
-        verify=row.verify,
-        model=row.model,
-        max_attempts=row.max_attempts,
-        attempts=row.attempts,
-        notes=row.notes,
-        owner=row.owner or "",
-        agent_id=row.agent_id or "",
-        lease_token=row.lease_token,
-        lease_expires_at=row.lease_expires_at,  # type: ignore[arg-type]
-        max_cost_usd=row.max_cost_usd,
-        cost_usd=row.cost_usd,
-    )
-
-
-def run_record(run: AgentRun) -> RunRecord:
-    return RunRecord(
-        id=run.id,
-        feature_id=run.feature_id,
-        attempt=run.attempt,
-        agent_id=run.agent_id,
-        model=run.model,
-        session_id=run.session_id,
-        outcome=run.outcome,
-        reported_status=Status(run.reported_status) if run.reported_status else None,
-        reported_notes=run.reported_notes,
-        num_turns=run.num_turns,
-        input_tokens=run.input_tokens,
-        output_tokens=run.output_tokens,
-        cost_usd=run.cost_usd,
-        transcript_path=run.transcript_path,
-        error=run.error,
-        started_at=run.started_at,
-        ended_at=run.ended_at,
-    )
-
-
-def holds(session: Session, claim: ClaimedFeature) -> bool:
-    """Whether ``claim`` is still its owner's: same lease token, still claimed."""
-    held = select(Feature.id).where(
-        Feature.id == claim.id,
-        Feature.owner == claim.owner,
-        Feature.lease_token == claim.lease_token,
-        Feature.status == Status.CLAIMED,
-    )
-    return session.execute(held).first() is not None
-
-
-def attempt_count(session: Session, feature_id: int) -> int:
-    return session.scalar(select(func.count()).where(AgentRun.feature_id == feature_id))
-
-
-def lease(session: Session, feature_id: int) -> Row | None:
-    """(status, owner, agent_id, lease_token, attempts, verify) of a feature, or None."""
-    columns = (Feature.status, Feature.owner, Feature.agent_id, Feature.lease_token, Feature.attempts, Feature.verify)
-    return session.execute(select(*columns).where(Feature.id == feature_id)).first()
-
-
-def open_run_id(session: Session, agent_id: str, feature_id: int) -> int | None:
-    """The newest unfinished attempt of ``agent_id`` at the feature."""
-    return session.scalar(
-        select(AgentRun.id)
-        .where(AgentRun.agent_id == agent_id, AgentRun.feature_id == feature_id, AgentRun.ended_at.is_(None))
-        .order_by(AgentRun.id.desc())
-        .limit(1)
-    )
-
-
-def run(session: Session, run_id: int) -> RunRecord:
-    """Raises NotFoundError for an unknown id."""
-    row = session.get(AgentRun, run_id)
-    if row is None:
-        raise NotFoundError(f"no agent run with id {run_id}")
-    return run_record(row)
-
-
-def runs(session: Session, feature_id: int) -> list[RunRecord]:
-    query = select(AgentRun).where(AgentRun.feature_id == feature_id).order_by(AgentRun.id)
-    return [run_record(r) for r in session.scalars(query)]
-
-
-def feature_context(session: Session, feature_id: int) -> FeatureContext:
-    """Raises NotFoundError for an unknown id."""
-    row = session.get(Feature, feature_id)
-    if row is None:
-        raise NotFoundError(f"no feature with id {feature_id}")
-    deps = session.execute(_dependencies_query(), {"feature_id": feature_id}).all()
-    return FeatureContext(
-        id=row.id,
-        name=row.name,
-        description=row.description,
-        category=row.category,
-        steps=tuple(row.steps or ()),
-        verify=row.verify,
-        status=Status(row.status),
-        attempts=row.attempts,
-        notes=row.notes or "",
-        dependencies=tuple(DependencyNote(d.id, d.name, Status(d.status), d.notes or "") for d in deps),
-    )
-
-
-def status_report(session: Session) -> StatusReport:
-    rows = session.execute(select(Feature).order_by(Feature.id)).scalars().all()
-    names = {r.id: r.name for r in rows}
-    deps: dict[int, list[int]] = {r.id: [] for r in rows}
-    for fid, dep_id in session.execute(select(FeatureDependency.feature_id, FeatureDependency.depends_on_id)):
-        deps[fid].append(dep_id)
-    status = {r.id: r.status for r in rows}
-    blocked = dag.blocked_set(deps, status)
-    return StatusReport(
-        tuple(
-            FeatureView(
-                id=r.id,
-                name=r.name,
-                category=r.category,
-                status=Status.BLOCKED if r.id in blocked and r.status == Status.PENDING else Status(r.status),
-                attempts=r.attempts,
-                model=r.last_model or r.model,
-                cost_usd=r.cost_usd,
-                depends_on=tuple(names[d] for d in sorted(deps[r.id])),
-                notes=r.notes,
-                priority=r.priority,
-                critical_path=r.critical_path,
-                owner=r.owner if r.status == Status.CLAIMED else None,
-            )
-            for r in rows
-        )
-    )
-
-
-def lock_holder(session: Session, path: str) -> Row | None:
-    """(owner, feature_id, name of the feature) of the lock on ``path``, or None."""
-    return session.execute(
-        select(FileLock.owner, FileLock.feature_id, Feature.name)
-        .outerjoin(Feature, Feature.id == FileLock.feature_id)
-        .where(FileLock.path == path)
-    ).first()
-
-
-def file_locks(session: Session) -> list[tuple[str, str, int | None]]:
-    query = select(FileLock.path, FileLock.owner, FileLock.feature_id).order_by(FileLock.path)
-    return [(r.path, r.owner, r.feature_id) for r in session.execute(query)]
-
-
-def events(session: Session, feature_id: int | None) -> list[tuple[int, str, int | None, str | None]]:
-    query = select(Event.id, Event.kind, Event.feature_id, Event.owner).order_by(Event.id)
-    if feature_id is not None:
-        query = query.where(Event.feature_id == feature_id)
-    return [tuple(r) for r in session.execute(query)]

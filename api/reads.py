@@ -1,0 +1,193 @@
+"""Reads for FeatureQueue: rows to typed records, inside the caller's transaction.
+
+Nothing here writes; FeatureQueue (api/queue.py) owns every change of status, lease and lock.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from sqlalchemy import Row, Select, bindparam, func, select
+from sqlalchemy.orm import Session, aliased
+
+from api import dag
+from api.errors import NotFoundError
+from api.models import AgentRun, Event, Feature, FeatureDependency, FileLock
+from api.records import (
+    ClaimedFeature,
+    DependencyNote,
+    FeatureContext,
+    FeatureView,
+    RunRecord,
+    Status,
+    StatusReport,
+)
+
+
+@functools.cache
+def _dependencies_query() -> Select[int, str, str, str | None]:
+    dep = aliased(Feature)
+    return (
+        select(dep.id, dep.name, dep.status, dep.notes)
+        .join(FeatureDependency, FeatureDependency.depends_on_id == dep.id)
+        .where(FeatureDependency.feature_id == bindparam("feature_id"))
+        .order_by(dep.id)
+    )
+
+
+def claimed(row: Feature) -> ClaimedFeature:
+    return ClaimedFeature(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        category=row.category,
+        priority=row.priority,
+        steps=tuple(row.steps or ()),
+        verify=row.verify,
+        model=row.model,
+        max_attempts=row.max_attempts,
+        attempts=row.attempts,
+        notes=row.notes,
+        owner=row.owner or "",
+        agent_id=row.agent_id or "",
+        lease_token=row.lease_token,
+        lease_expires_at=row.lease_expires_at,  # type: ignore[arg-type]
+        max_cost_usd=row.max_cost_usd,
+        cost_usd=row.cost_usd,
+    )
+
+
+def run_record(run: AgentRun) -> RunRecord:
+    return RunRecord(
+        id=run.id,
+        feature_id=run.feature_id,
+        attempt=run.attempt,
+        agent_id=run.agent_id,
+        model=run.model,
+        session_id=run.session_id,
+        outcome=run.outcome,
+        reported_status=Status(run.reported_status) if run.reported_status else None,
+        reported_notes=run.reported_notes,
+        num_turns=run.num_turns,
+        input_tokens=run.input_tokens,
+        output_tokens=run.output_tokens,
+        cost_usd=run.cost_usd,
+        transcript_path=run.transcript_path,
+        error=run.error,
+        started_at=run.started_at,
+        ended_at=run.ended_at,
+    )
+
+
+def holds(session: Session, claim: ClaimedFeature) -> bool:
+    """Whether ``claim`` is still its owner's: same lease token, still claimed."""
+    held = select(Feature.id).where(
+        Feature.id == claim.id,
+        Feature.owner == claim.owner,
+        Feature.lease_token == claim.lease_token,
+        Feature.status == Status.CLAIMED,
+    )
+    return session.execute(held).first() is not None
+
+
+def attempt_count(session: Session, feature_id: int) -> int:
+    return session.scalar(select(func.count()).where(AgentRun.feature_id == feature_id)) or 0
+
+
+def lease(session: Session, feature_id: int) -> Row[str, str | None, str | None, int, int, str | None] | None:
+    """(status, owner, agent_id, lease_token, attempts, verify) of a feature, or None."""
+    columns = (Feature.status, Feature.owner, Feature.agent_id, Feature.lease_token, Feature.attempts, Feature.verify)
+    return session.execute(select(*columns).where(Feature.id == feature_id)).first()
+
+
+def open_run_id(session: Session, agent_id: str, feature_id: int) -> int | None:
+    """The newest unfinished attempt of ``agent_id`` at the feature."""
+    return session.scalar(
+        select(AgentRun.id)
+        .where(AgentRun.agent_id == agent_id, AgentRun.feature_id == feature_id, AgentRun.ended_at.is_(None))
+        .order_by(AgentRun.id.desc())
+        .limit(1)
+    )
+
+
+def run(session: Session, run_id: int) -> RunRecord:
+    """Raises NotFoundError for an unknown id."""
+    row = session.get(AgentRun, run_id)
+    if row is None:
+        raise NotFoundError(f"no agent run with id {run_id}")
+    return run_record(row)
+
+
+def runs(session: Session, feature_id: int) -> list[RunRecord]:
+    query = select(AgentRun).where(AgentRun.feature_id == feature_id).order_by(AgentRun.id)
+    return [run_record(r) for r in session.scalars(query)]
+
+
+def feature_context(session: Session, feature_id: int) -> FeatureContext:
+    """Raises NotFoundError for an unknown id."""
+    row = session.get(Feature, feature_id)
+    if row is None:
+        raise NotFoundError(f"no feature with id {feature_id}")
+    deps = session.execute(_dependencies_query(), {"feature_id": feature_id}).all()
+    return FeatureContext(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        category=row.category,
+        steps=tuple(row.steps or ()),
+        verify=row.verify,
+        status=Status(row.status),
+        attempts=row.attempts,
+        notes=row.notes or "",
+        dependencies=tuple(DependencyNote(d.id, d.name, Status(d.status), d.notes or "") for d in deps),
+    )
+
+
+def status_report(session: Session) -> StatusReport:
+    rows = session.execute(select(Feature).order_by(Feature.id)).scalars().all()
+    names = {r.id: r.name for r in rows}
+    deps: dict[int, list[int]] = {r.id: [] for r in rows}
+    for fid, dep_id in session.execute(select(FeatureDependency.feature_id, FeatureDependency.depends_on_id)):
+        deps[fid].append(dep_id)
+    status = {r.id: r.status for r in rows}
+    blocked = dag.blocked_set(deps, status)
+    return StatusReport(
+        tuple(
+            FeatureView(
+                id=r.id,
+                name=r.name,
+                category=r.category,
+                status=Status.BLOCKED if r.id in blocked and r.status == Status.PENDING else Status(r.status),
+                attempts=r.attempts,
+                model=r.last_model or r.model,
+                cost_usd=r.cost_usd,
+                depends_on=tuple(names[d] for d in sorted(deps[r.id])),
+                notes=r.notes,
+                priority=r.priority,
+                critical_path=r.critical_path,
+                owner=r.owner if r.status == Status.CLAIMED else None,
+            )
+            for r in rows
+        )
+    )
+
+
+def lock_holder(session: Session, path: str) -> Row[str, int | None, str | None] | None:
+    """(owner, feature_id, name of the feature) of the lock on ``path``, or None."""
+    return session.execute(
+        select(FileLock.owner, FileLock.feature_id, Feature.name)
+        .outerjoin(Feature, Feature.id == FileLock.feature_id)
+        .where(FileLock.path == path)
+    ).first()
+
+
+def file_locks(session: Session) -> list[tuple[str, str, int | None]]:
+    query = select(FileLock.path, FileLock.owner, FileLock.feature_id).order_by(FileLock.path)
+    return [(r.path, r.owner, r.feature_id) for r in session.execute(query)]
+
+
+def events(session: Session, feature_id: int | None) -> list[tuple[int, str, int | None, str | None]]:
+    query = select(Event.id, Event.kind, Event.feature_id, Event.owner).order_by(Event.id)
+    if feature_id is not None:
+        query = query.where(Event.feature_id == feature_id)
+    return [(r.id, r.kind, r.feature_id, r.owner) for r in session.execute(query)]
