@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from api.dag import PRIORITY_LIMIT, build_graph, find_cycle
-from api.defaults import MAX_ATTEMPTS_LIMIT, MAX_COST_LIMIT  # importable from here too, as before
+from api.defaults import MAX_ATTEMPTS_LIMIT, MAX_COST_LIMIT
 from api.errors import FeaturesFileError
 
 # Limits on what one file may hold: well past any real project, low enough that a wrong path

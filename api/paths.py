@@ -8,7 +8,7 @@ from pathlib import Path
 from api.defaults import MAX_PATH_LENGTH
 from api.errors import InputError, PathOutsideProjectError
 
-__all__ = ["MAX_PATH_LENGTH", "resolve_project_path"]
+__all__ = ["resolve_project_path"]
 
 
 def resolve_project_path(project_dir: Path, file_path: str) -> str:

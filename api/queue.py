@@ -39,12 +39,6 @@ from api.records import (
 if TYPE_CHECKING:
     from api.verify import VerifyResult
 
-# The defaults under their old names, and ClaimedFeature, ImportReport and resolve_project_path
-# above: callers still import them from here.
-DEFAULT_MAX_ATTEMPTS = defaults.MAX_ATTEMPTS
-DEFAULT_LEASE_SECONDS = defaults.LEASE_SECONDS
-MAX_PATH_LENGTH = defaults.MAX_PATH_LENGTH
-
 
 class FeatureQueue:
     """Queue verbs over one database. Safe to share across threads (a session per call)."""
@@ -54,8 +48,8 @@ class FeatureQueue:
         db: Database,
         *,
         project_dir: Path | None = None,
-        lease_seconds: float = DEFAULT_LEASE_SECONDS,
-        default_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        lease_seconds: float = defaults.LEASE_SECONDS,
+        default_max_attempts: int = defaults.MAX_ATTEMPTS,
     ) -> None:
         self.db = db
         self.project_dir = project_dir

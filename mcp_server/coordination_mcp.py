@@ -11,8 +11,8 @@ from mcp.server.mcpserver import Context
 from pydantic import Field
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
+from api.defaults import MAX_PATH_LENGTH
 from api.errors import PathOutsideProjectError
-from api.queue import MAX_PATH_LENGTH
 from mcp_server import AppContext, tool_errors
 
 FilePath = Annotated[

@@ -14,7 +14,8 @@ from pathlib import Path
 from api.database import Database, normalise_url
 from api.errors import InputError
 from api.features_file import load_features_file
-from api.queue import FeatureQueue, ImportReport
+from api.queue import FeatureQueue
+from api.records import ImportReport
 from supervisor import display
 from supervisor.config import Settings
 

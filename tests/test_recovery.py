@@ -26,7 +26,8 @@ from sqlalchemy import select, update
 from api.database import Database
 from api.features_file import FeatureSpec
 from api.models import AgentRun, Feature, utcnow
-from api.queue import ClaimedFeature, FeatureQueue
+from api.queue import FeatureQueue
+from api.records import ClaimedFeature
 from supervisor.config import Settings
 from supervisor.live import PlainView
 from supervisor.loop import AgentState, Supervisor
