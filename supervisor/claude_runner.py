@@ -39,7 +39,7 @@ from supervisor.runner import ActivityEvent, AgentOutcome, AgentTask, Ending
 from supervisor.transcripts import Transcript, open_transcript
 
 if TYPE_CHECKING:
-    from claude_agent_sdk.types import HookEvent
+    from claude_agent_sdk.types import HookEvent, SettingSource
 
 try:  # newer SDKs only
     from claude_agent_sdk import RateLimitEvent
@@ -69,7 +69,7 @@ class ClaudeRunner:
     def __init__(
         self,
         *,
-        setting_sources: tuple[str, ...] = ("project",),
+        setting_sources: tuple[SettingSource, ...] = ("project",),
         extra_env: dict[str, str] | None = None,
         cli_path: str | None = None,
         project_dir: Path | None = None,

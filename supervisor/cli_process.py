@@ -12,7 +12,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import claude_agent_sdk
 from claude_agent_sdk import HookMatcher
@@ -20,7 +20,7 @@ from claude_agent_sdk import HookMatcher
 from supervisor.runner import AgentTask
 
 if TYPE_CHECKING:
-    from claude_agent_sdk.types import HookEvent
+    from claude_agent_sdk.types import HookCallback, HookEvent
 
 WRITE_TOOLS = "Write|Edit|MultiEdit|NotebookEdit"
 
@@ -73,7 +73,7 @@ class CliLauncher:
         """
         real_cli = self.executable()
         guard = self._guard(guard_dir) if real_cli else None
-        if guard is None:
+        if real_cli is None or guard is None:
             return real_cli or self.cli_path, {}
         return guard, {"AGENT_MANAGER_CLAUDE_CLI": real_cli, "AGENT_MANAGER_SUPERVISOR_PID": str(os.getpid())}
 
@@ -116,7 +116,9 @@ def tool_hooks(task: AgentTask, on_wait: Callable[[str], None]) -> dict[HookEven
         on_wait(decision.reason)
         return _deny(decision.reason)
 
-    return {"PreToolUse": [HookMatcher(matcher=WRITE_TOOLS, hooks=[guard]), HookMatcher(matcher="Bash", hooks=[guard])]}
+    # The SDK types a hook's input as a union of TypedDicts; a PreToolUse hook only sees one kind.
+    hook = cast("HookCallback", guard)
+    return {"PreToolUse": [HookMatcher(matcher=WRITE_TOOLS, hooks=[hook]), HookMatcher(matcher="Bash", hooks=[hook])]}
 
 
 def _deny(reason: str) -> dict[str, Any]:

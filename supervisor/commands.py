@@ -31,7 +31,7 @@ CREDENTIAL_VARIABLES = (
 def _sqlite_file(settings: Settings) -> Path | None:
     """The SQLite file of the queue, or None on PostgreSQL. Raises InputError for a bad URL."""
     url = normalise_url(settings.database_url)
-    return Path(url.database).absolute() if url.get_backend_name() == "sqlite" else None
+    return Path(url.database or ":memory:").absolute() if url.get_backend_name() == "sqlite" else None
 
 
 def _sqlite_missing(settings: Settings) -> bool:

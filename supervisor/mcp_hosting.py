@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from api.database import Database
 from api.identity import Identity
 from api.queue import FeatureQueue
 from mcp_server.server import build_server
 from supervisor.runner import AgentTask
+
+if TYPE_CHECKING:
+    from claude_agent_sdk.types import McpServerConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MCP_SERVER_NAME = "agent-manager"
@@ -34,7 +37,7 @@ class McpHost:
     def __init__(self) -> None:
         self._queues: dict[tuple[str, Path, float], FeatureQueue] = {}
 
-    def server(self, task: AgentTask) -> dict[str, Any]:
+    def server(self, task: AgentTask) -> McpServerConfig:
         """The session's MCP server entry for ClaudeAgentOptions.mcp_servers."""
         if task.mcp_transport == "stdio":
             env = {**task.identity.to_env(), "PYTHONPATH": str(REPO_ROOT)}

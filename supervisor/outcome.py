@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from supervisor.runner import ActivityEvent, AgentOutcome, Ending, Spend
@@ -90,7 +91,9 @@ class Progress:
         self.turns += result.num_turns or 0  # per query, not per session
         self.live_turns = 0
         self.in_flight = []
-        served = {m: u for m, u in (result.model_usage or {}).items() if m != SYNTHETIC_MODEL}
+        served: dict[str, Mapping[str, Any]] = {
+            m: u for m, u in (result.model_usage or {}).items() if m != SYNTHETIC_MODEL
+        }
         if served:
             # Cost and per-model tokens are the session's running totals, resumed attempts included.
             self.model = next(iter(served))
@@ -115,7 +118,7 @@ def _prices(model: str | None) -> tuple[float, float] | None:
     return next((p for family, p in _LIST_PRICES.items() if model and family in model), None)
 
 
-def _list_cost(usage: dict[str, Any], prices: tuple[float, float]) -> float:
+def _list_cost(usage: Mapping[str, Any], prices: tuple[float, float]) -> float:
     """Cost of token counts at list prices; cache writes cost 1.25x input, cache reads 0.1x."""
     price_in, price_out = prices
     tokens_in = (

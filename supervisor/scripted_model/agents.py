@@ -39,7 +39,8 @@ class Convo:
     @property
     def feature(self) -> dict[str, Any] | None:
         got = [c for c in self.calls if c.name == TOOL + "feature_get" and c.result and not c.is_error]
-        return json.loads(got[-1].result) if got else None
+        result = got[-1].result if got else None
+        return json.loads(result) if result else None
 
     def current(self) -> list[Call]:
         """Calls made since the last prompt."""
@@ -64,10 +65,10 @@ def read(req: Request) -> Convo:
             continue
         results = [b for b in blocks if b.get("type") == "tool_result"]
         for block in results:
-            call = by_id.get(block.get("tool_use_id", ""))
-            if call is not None:
-                call.result = _content_text(block.get("content"))
-                call.is_error = bool(block.get("is_error"))
+            answered = by_id.get(block.get("tool_use_id", ""))
+            if answered is not None:
+                answered.result = _content_text(block.get("content"))
+                answered.is_error = bool(block.get("is_error"))
         if not results and message.get("role") == "user":  # not the CLI's own system messages
             text = "\n".join(b.get("text", "") for b in blocks if b.get("type") == "text" and not _is_reminder(b))
             if text.strip():
@@ -80,7 +81,7 @@ def get_feature() -> Reply:
 
 
 def write(req: Request, relative: str, content: str) -> Reply:
-    return Reply.tool_use("Write", {"file_path": os.path.join(req.working_dir(), relative), "content": content})
+    return Reply.tool_use("Write", {"file_path": os.path.join(req.working_dir() or "", relative), "content": content})
 
 
 def release(feature: dict[str, Any], status: str = "passing", notes: str | None = None) -> Reply:

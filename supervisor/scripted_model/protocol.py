@@ -27,8 +27,9 @@ def sse_events(message: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     input as three input_json_delta fragments, the final usage in message_delta."""
     usage = message["usage"]
     start = dict(message, content=[], stop_reason=None, usage=dict(usage, output_tokens=1))
-    events = [("message_start", {"message": start})]
+    events: list[tuple[str, dict[str, Any]]] = [("message_start", {"message": start})]
     for index, block in enumerate(message["content"]):
+        first: dict[str, Any]
         if block["type"] == "text":
             first = {"type": "text", "text": ""}
             half = len(block["text"]) // 2

@@ -141,7 +141,7 @@ class FakeModelServer:
 
     @property
     def base_url(self) -> str:
-        host = self._server.server_address[0]
+        host = str(self._server.server_address[0])  # an AF_INET address: always text
         return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}"
 
     def start(self) -> FakeModelServer:
