@@ -12,15 +12,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from api.records import FeatureContext, ImportReport, RunRecord, StatusReport
+from api.records import FeatureContext, ImportReport, RunRecord, Status, StatusReport
 
-STATUS_STYLE = {
-    "pending": "white",
-    "claimed": "cyan",
-    "passing": "green",
-    "failed": "red",
-    "blocked": "magenta",
-    "needs_input": "yellow",
+STATUS_STYLE: dict[str, str] = {
+    Status.PENDING: "white",
+    Status.CLAIMED: "cyan",
+    Status.PASSING: "green",
+    Status.FAILED: "red",
+    Status.BLOCKED: "magenta",
+    Status.NEEDS_INPUT: "yellow",
 }
 
 
@@ -54,12 +54,12 @@ def print_status(report: StatusReport) -> None:
     if not report.features:
         out.print("no features yet: run `agent-manager import --project-dir DIR`")
         return
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             str(f.id),
             f.name,
             f.category or "-",
-            f.status,
+            str(f.status),
             str(f.attempts),
             f.model or "-",
             f"${f.cost_usd:.4f}",
@@ -109,9 +109,7 @@ def print_import(report: ImportReport, source: Path) -> None:
 
 def print_runs(feature: FeatureContext, runs: list[RunRecord]) -> None:
     out = console()
-    out.print(
-        f"feature #{feature.id} {feature.name}: {feature.status}, {feature.attempts} failed attempt(s)"
-    )
+    out.print(f"feature #{feature.id} {feature.name}: {feature.status}, {feature.attempts} failed attempt(s)")
     if feature.notes:
         out.print(f"notes: {feature.notes}")
     if not runs:

@@ -7,23 +7,24 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from api.records import Status
 from supervisor.display import STATUS_STYLE, console
 from supervisor.runner import ActivityEvent
 
 if TYPE_CHECKING:
-    from supervisor.loop import AgentState, RunSummary, Supervisor
+    from supervisor.view import AgentState, RunState, RunSummary
 
 STALE_AFTER_S = 120.0  # no activity for this long is shown as "quiet"
 
 
 class PlainView:
-    """One line per event, for logs and pipes."""
+    """One line per event, for logs and pipes. A ``supervisor.view.SupervisorView``."""
 
     def __init__(self, out: TextIO | None = None) -> None:
         self.out = out or sys.stdout
@@ -32,9 +33,9 @@ class PlainView:
         self.out.write(f"{datetime.now():%H:%M:%S} {text}\n")
         self.out.flush()
 
-    def start(self, supervisor: Supervisor) -> None:
-        opts = supervisor.settings
-        self._line(f"supervisor {supervisor.owner}: up to {opts.max_agents} agent(s) on {opts.project_dir}")
+    def start(self, run: RunState) -> None:
+        opts = run.settings
+        self._line(f"supervisor {run.owner}: up to {opts.max_agents} agent(s) on {opts.project_dir}")
 
     def started(self, state: AgentState) -> None:
         c = state.claim
@@ -72,7 +73,7 @@ class LiveView(PlainView):
     def __init__(self) -> None:
         super().__init__()
         self.console = console()
-        self.supervisor: Supervisor | None = None
+        self.run: RunState | None = None
         self.live: Live | None = None
         self.done = 0
         self.total = 0
@@ -82,16 +83,16 @@ class LiveView(PlainView):
     def _line(self, text: str) -> None:
         self.notes = (self.notes + [f"{datetime.now():%H:%M:%S} {text}"])[-6:]
 
-    def start(self, supervisor: Supervisor) -> None:
-        self.supervisor = supervisor
-        report = supervisor.queue.status_report()
+    def start(self, run: RunState) -> None:
+        self.run = run
+        report = run.status_report()
         self.total = len(report.features)
-        self.done = sum(1 for f in report.features if f.status in ("passing", "failed"))
+        self.done = sum(1 for f in report.features if f.status.finished)
         self.live = Live(get_renderable=self._render, console=self.console, refresh_per_second=4, transient=False)
         self.live.start()
 
     def finished(self, state: AgentState, status: str, notes: str) -> None:
-        if status in ("passing", "failed"):
+        if status in (Status.PASSING, Status.FAILED):
             self.done += 1
         super().finished(state, status, notes)
 
@@ -104,7 +105,8 @@ class LiveView(PlainView):
         for column in ("feature", "model", "elapsed", "turns", "cost", "doing"):
             table.add_column(column)
         now = time.monotonic()
-        for state in list(self.supervisor.agents.values()) if self.supervisor else []:
+        run = self.run
+        for state in list(run.agents.values()) if run else []:
             quiet = now - state.last_activity > STALE_AFTER_S
             table.add_row(
                 f"#{state.claim.id} {state.claim.name}",
@@ -116,11 +118,10 @@ class LiveView(PlainView):
             )
         bar = ProgressBar(total=max(self.total, 1), completed=self.done, width=40)
         header = Text(f" {self.done}/{self.total} features finished ")
-        sup = self.supervisor
-        if sup is not None and sup.limit < sup.settings.max_agents:
-            header.append(f"  agents limited to {sup.limit}/{sup.settings.max_agents} by rate limits", style="yellow")
-        parts = [table, Group(header, bar)]
-        if self.pause_text and self.supervisor and self.supervisor._paused_until > now:
+        if run is not None and run.limit < run.settings.max_agents:
+            header.append(f"  agents limited to {run.limit}/{run.settings.max_agents} by rate limits", style="yellow")
+        parts: list[RenderableType] = [table, Group(header, bar)]
+        if self.pause_text and run is not None and run.paused_until > now:
             parts.append(Text(self.pause_text, style="yellow"))
         parts += [Text(n, style="dim") for n in self.notes]
         return Group(*parts)
@@ -145,11 +146,8 @@ def make_view() -> PlainView:
 def summary_lines(summary: RunSummary) -> list[str]:
     counts = summary.counts
     lines = ["", "summary:"]
-    shown = [
-        k
-        for k in ("passing", "failed", "blocked", "pending", "claimed")
-        if counts.get(k) or k in ("passing", "failed", "blocked")
-    ]
+    always = (Status.PASSING, Status.FAILED, Status.BLOCKED)
+    shown = [k for k in (*always, Status.PENDING, Status.CLAIMED) if counts.get(k) or k in always]
     lines.append("  " + ", ".join(f"{k}: {counts.get(k, 0)}" for k in shown))
     speedup = summary.agent_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
     lines.append(
