@@ -54,7 +54,7 @@ RUN_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[str], Any], Any, str]] =
 
 
 def _add(parser: argparse.ArgumentParser, options: dict, *, suppress: bool = False) -> None:
-    for dest, (flags, kind, default, text) in options.items():
+    for dest, (flags, _kind, default, text) in options.items():
         shown = f" [env {_env_name(dest)}" + (f"; default {default}]" if default is not None else "]")
         parser.add_argument(
             *flags,

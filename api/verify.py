@@ -64,7 +64,7 @@ async def run_verify(command: str, cwd: Path, timeout_s: float) -> VerifyResult:
         code: int | None = None
         try:
             code = await asyncio.wait_for(proc.wait(), timeout=timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             with anyio.CancelScope(shield=True):  # on cancellation too: stopping is bounded

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ms, parse_args, percentiles, postgres, print_table, write_results  # noqa: E402
+from common import ms, parse_args, percentiles, postgres, print_table, write_results
 
-from api.database import Database  # noqa: E402
-from api.errors import LeaseLostError  # noqa: E402
-from api.features_file import FeatureSpec  # noqa: E402
-from api.queue import FeatureQueue  # noqa: E402
+from api.database import Database
+from api.errors import LeaseLostError
+from api.features_file import FeatureSpec
+from api.queue import FeatureQueue
 
 PROCESSES = (1, 4, 8, 16)
 GOALS = {("sqlite", 8): 300.0, ("postgresql", 16): 1000.0}  # claims/s

@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, parse_args, print_table, write_results  # noqa: E402
+from common import REPO_ROOT, parse_args, print_table, write_results
 
-from api.database import Database, default_url  # noqa: E402
-from api.queue import FeatureQueue  # noqa: E402
-from supervisor.scripted_model import FakeModelServer, Reply, Request, isolated_cli_env  # noqa: E402
-from supervisor.scripted_model import agents as scripted  # noqa: E402
+from api.database import Database, default_url
+from api.queue import FeatureQueue
+from supervisor.scripted_model import FakeModelServer, Reply, Request, isolated_cli_env
+from supervisor.scripted_model import agents as scripted
 
 AGENTS = (1, 4, 8)
 GOAL_MB_PER_AGENT = 30.0

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fresh_pg_url, ms, parse_args, percentiles, postgres, print_table, write_results  # noqa: E402
-from simulated import SimulatedRun, run_supervisor  # noqa: E402
+from common import fresh_pg_url, ms, parse_args, percentiles, postgres, print_table, write_results
+from simulated import SimulatedRun, run_supervisor
 
-from api.features_file import FeatureSpec  # noqa: E402
+from api.features_file import FeatureSpec
 
 GOAL_P99_MS = 20.0
 
@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(measure("sqlite", f"sqlite:///{workdir / f'dispatch-{i}.db'}", scenario, workdir))
         with postgres() as pg:
             if pg is not None:
-                for scenario in scenarios:
-                    rows.append(measure("postgresql", fresh_pg_url(pg), scenario, workdir))
+                rows.extend(measure("postgresql", fresh_pg_url(pg), scenario, workdir) for scenario in scenarios)
     print_table(
         "Dispatch latency: session end -> next session start (ms), real Supervisor",
         ["backend", "scenario", "dispatches", "p50", "p95", "p99", "max", "conclude p50", "claim+start p50", "goal"],

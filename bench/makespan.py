@@ -34,12 +34,12 @@ from pathlib import Path
 import networkx as nx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import parse_args, print_table, write_results  # noqa: E402
-from simulated import load_queue, run_supervisor  # noqa: E402
-from sqlalchemy import text  # noqa: E402
+from common import parse_args, print_table, write_results
+from simulated import load_queue, run_supervisor
+from sqlalchemy import text
 
-from api import dag  # noqa: E402
-from api.features_file import FeatureSpec  # noqa: E402
+from api import dag
+from api.features_file import FeatureSpec
 
 FEATURES = 200
 AGENTS = (1, 3, 8, 16)
@@ -105,7 +105,7 @@ def workload(shape: str, seed: int) -> Workload:
     ]
     raw = [rng.lognormvariate(0.0, SIGMA) for _ in specs]
     mean = statistics.fmean(raw)
-    return Workload(shape, seed, specs, {s.name: r / mean for s, r in zip(specs, raw)})
+    return Workload(shape, seed, specs, {s.name: r / mean for s, r in zip(specs, raw, strict=False)})
 
 
 def longest_chains(deps: Mapping[str, tuple[str, ...]], units: Mapping[str, float]) -> dict[str, float]:

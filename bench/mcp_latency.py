@@ -18,11 +18,11 @@ import anyio
 from mcp import Client, StdioServerParameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, fresh_pg_url, ms, parse_args, percentiles, postgres, print_table, write_results  # noqa: E402
+from common import REPO_ROOT, fresh_pg_url, ms, parse_args, percentiles, postgres, print_table, write_results
 
-from api.database import Database  # noqa: E402
-from api.features_file import FeatureSpec  # noqa: E402
-from api.queue import FeatureQueue  # noqa: E402
+from api.database import Database
+from api.features_file import FeatureSpec
+from api.queue import FeatureQueue
 
 TIMEOUT_S = 120
 PATH = "src/cart.py"

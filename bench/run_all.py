@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, RESULTS_DIR, console, parse_args, print_table  # noqa: E402
+from common import REPO_ROOT, RESULTS_DIR, console, parse_args, print_table
 
 BENCHMARKS = ("makespan", "dispatch", "claims", "mcp_latency", "cli_overhead", "scale")
 

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, fresh_pg_url, ms, parse_args, percentiles, postgres, print_table, write_results  # noqa: E402
+from common import REPO_ROOT, fresh_pg_url, ms, parse_args, percentiles, postgres, print_table, write_results
 
-from api.database import Database  # noqa: E402
-from api.features_file import FeatureSpec  # noqa: E402
-from api.queue import FeatureQueue  # noqa: E402
+from api.database import Database
+from api.features_file import FeatureSpec
+from api.queue import FeatureQueue
 
 FEATURES = 10_000
 LAYER = 100
@@ -96,7 +96,7 @@ def sqlite_backend(root: Path) -> Backend:
     return Backend("sqlite", new_url, copy)
 
 
-def postgres_backend(pg) -> Backend:  # noqa: ANN001 - tests.pg.PostgresServer
+def postgres_backend(pg) -> Backend:
     import psycopg
 
     def copy(url: str) -> str:

@@ -59,13 +59,13 @@ class RecordingView:
     def start(self, supervisor: Supervisor) -> None:
         pass
 
-    def started(self, state) -> None:  # noqa: ANN001
+    def started(self, state) -> None:
         pass
 
-    def activity(self, state, event) -> None:  # noqa: ANN001
+    def activity(self, state, event) -> None:
         pass
 
-    def finished(self, state, status: str, notes: str) -> None:  # noqa: ANN001
+    def finished(self, state, status: str, notes: str) -> None:
         self.finishes[state.claim.id] = time.perf_counter()
 
     def paused(self, seconds: float, reason: str) -> None:

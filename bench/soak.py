@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, parse_args, print_table, write_results  # noqa: E402
+from common import REPO_ROOT, parse_args, print_table, write_results
 
-from api.database import Database, default_url  # noqa: E402
-from api.queue import FeatureQueue  # noqa: E402
-from supervisor.scripted_model import DropMidStream, FakeModelServer, HttpError, isolated_cli_env  # noqa: E402
-from supervisor.scripted_model.agents import Agents  # noqa: E402
-from tests.harness import descendants  # noqa: E402
+from api.database import Database, default_url
+from api.queue import FeatureQueue
+from supervisor.scripted_model import DropMidStream, FakeModelServer, HttpError, isolated_cli_env
+from supervisor.scripted_model.agents import Agents
+from tests.harness import descendants
 
 SEED = 20261123
 P_500 = 0.05

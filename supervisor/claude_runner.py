@@ -9,6 +9,7 @@ by supervisor.cli_process; the coordination MCP server is hosted by supervisor.m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -133,7 +134,7 @@ class ClaudeRunner:
         hooks = tool_hooks(task, lambda reason: on_activity(progress.event(task.feature_id, "waiting_lock", reason)))
 
         def stderr(line: str) -> None:
-            progress.stderr = (progress.stderr + [line.rstrip()])[-_STDERR_LINES:]
+            progress.stderr = ([*progress.stderr, line.rstrip()])[-_STDERR_LINES:]
 
         with open_transcript(task.transcript_path) as transcript:
             transcript.write("prompt", {"prompt": task.prompt, "model": task.model, "resume": task.resume_session_id})
@@ -165,7 +166,7 @@ class ClaudeRunner:
         client = ClaudeSDKClient(options=options)
         try:
             await asyncio.wait_for(client.connect(), timeout=STARTUP_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await _disconnect(client)
             raise CLIConnectionError(f"no answer to the SDK's initialize request in {STARTUP_TIMEOUT_S:g} s") from None
         try:
@@ -234,7 +235,7 @@ class ClaudeRunner:
                 message = await asyncio.wait_for(messages.__anext__(), timeout=wait)
             except StopAsyncIteration:
                 return None
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if wait < task.stall_s:
                     raise _Timeout(Ending.TIMEOUT, f"timed out after {task.timeout_s:g} s") from None
                 raise _Timeout(Ending.STALLED, f"stalled: no message for {task.stall_s:g} s") from None
@@ -277,7 +278,6 @@ class ClaudeRunner:
 
 
 async def _disconnect(client: ClaudeSDKClient) -> None:
-    try:
+    # A CLI that never started or already died has nothing to close.
+    with contextlib.suppress(Exception):
         await client.disconnect()
-    except Exception:  # noqa: BLE001 - a CLI that never started or already died has nothing to close
-        pass

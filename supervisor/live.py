@@ -81,7 +81,7 @@ class LiveView(PlainView):
         self.pause_text = ""
 
     def _line(self, text: str) -> None:
-        self.notes = (self.notes + [f"{datetime.now():%H:%M:%S} {text}"])[-6:]
+        self.notes = ([*self.notes, f"{datetime.now():%H:%M:%S} {text}"])[-6:]
 
     def start(self, run: RunState) -> None:
         self.run = run

@@ -306,7 +306,7 @@ class Supervisor:
             if self._stopping or claim.id in self._lost:
                 return state.stopped("stopped by the supervisor")
             raise
-        except Exception as exc:  # noqa: BLE001 - a runner bug must not take the queue down with it
+        except Exception as exc:
             log.exception("runner failed on feature %s", claim.id)
             return AgentOutcome(Ending.AGENT_ERROR, f"runner error: {exc}")
 

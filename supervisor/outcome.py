@@ -30,7 +30,7 @@ class Progress:
     """One attempt's session as it goes. The CLI's results carry the session's running cost and
     per-model tokens (over every attempt of a resumed session) but per-query turns."""
 
-    resumed: Spend = Spend()
+    resumed: Spend = dataclasses.field(default_factory=Spend)
     session_id: str | None = None
     turns: int = 0  # finished queries' turns, summed
     live_turns: int = 0  # model responses of the query in flight
@@ -192,7 +192,7 @@ def _classify(
     detail = _first_line(text or "; ".join(errors or []) or subtype or "error")
     if status in (401, 403):
         return outcome(progress, Ending.AUTH_ERROR, f"the API rejected the credentials ({status}): {detail}", status)
-    if status is not None and (status == 429 or status >= 500) or reason == "api_error":
+    if (status is not None and (status == 429 or status >= 500)) or reason == "api_error":
         message = f"API unavailable ({status or 'connection'}): {detail}"
         return outcome(progress, Ending.API_UNAVAILABLE, message, status)
     if subtype == "error_max_turns":

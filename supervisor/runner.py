@@ -15,7 +15,7 @@ from typing import Protocol
 from api.identity import Identity
 
 
-class Ending(str, enum.Enum):
+class Ending(enum.StrEnum):
     """How a session ended, before the supervisor turns it into a feature outcome."""
 
     COMPLETED = "completed"  # the session finished its turns normally

@@ -65,7 +65,7 @@ def _simple_commands(command: str, depth: int = 0) -> list[list[str]]:
 
 
 def _unwrap(words: list[str]) -> list[str]:
-    while words and ("=" in words[0] and not words[0].startswith("=") or os.path.basename(words[0]) in _WRAPPERS):
+    while words and (("=" in words[0] and not words[0].startswith("=")) or os.path.basename(words[0]) in _WRAPPERS):
         words = words[1:]
         while words and words[0].startswith("-") and len(words) > 1:  # the wrapper's own options
             words = words[1:]

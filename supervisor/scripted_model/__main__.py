@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 
@@ -27,10 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(server.base_url, flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):
         server.serve_forever()
-    except (KeyboardInterrupt, SystemExit):
-        pass
     return 0
 
 

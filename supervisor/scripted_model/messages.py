@@ -64,7 +64,7 @@ class Reply:
     @classmethod
     def tool_use(cls, name: str, input: dict[str, Any], text: str | None = None, usage: Usage | None = None) -> Reply:
         blocks = [text_block(text)] if text else []
-        return cls(blocks + [tool_use_block(name, input)], usage=usage)
+        return cls([*blocks, tool_use_block(name, input)], usage=usage)
 
     @classmethod
     def of(cls, *blocks: dict[str, Any], usage: Usage | None = None) -> Reply:

@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from supervisor.scripted_model.messages import Reply, Request, ToolResult
 
@@ -35,8 +35,8 @@ class SessionState:
     last_digest: str | None = None
 
 
-Step = Callable[[Request, SessionState], Union[Reply, None]]
-StepLike = Union[Step, Sequence[Step]]
+Step = Callable[[Request, SessionState], Reply | None]
+StepLike = Step | Sequence[Step]
 
 
 def _flatten(steps: Iterable[StepLike]) -> list[Step]:
@@ -94,7 +94,7 @@ class ScriptedBrain:
 # --------------------------------------------------------------------------------------------
 # Step helpers
 
-Input = Union[dict[str, Any], Callable[[Request, SessionState], dict[str, Any]]]
+Input = dict[str, Any] | Callable[[Request, SessionState], dict[str, Any]]
 
 
 def say(text: str) -> Step:
