@@ -22,6 +22,7 @@ from supervisor.config import Settings
 from supervisor.loop import RunSummary, Supervisor
 from supervisor.routing import AgentPolicy
 from supervisor.runner import ActivityEvent, AgentOutcome, AgentTask, Ending
+from supervisor.view import RunState
 
 
 class SimulatedRunner:
@@ -56,7 +57,7 @@ class RecordingView:
     finishes: dict[int, float] = field(default_factory=dict)  # after the release is committed
     notes: list[str] = field(default_factory=list)
 
-    def start(self, supervisor: Supervisor) -> None:
+    def start(self, run: RunState) -> None:
         pass
 
     def started(self, state) -> None:
