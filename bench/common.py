@@ -27,7 +27,7 @@ if str(REPO_ROOT) not in sys.path:
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from tests.pg import PostgresServer, find_pg_bin  # noqa: E402
+from tests.support.pg import PostgresServer, find_pg_bin  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 

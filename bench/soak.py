@@ -29,7 +29,7 @@ from api.database import Database, default_url
 from api.queue import FeatureQueue
 from supervisor.scripted_model import DropMidStream, FakeModelServer, HttpError, isolated_cli_env
 from supervisor.scripted_model.agents import Agents
-from tests.harness import descendants
+from tests.support.harness import descendants
 
 SEED = 20261123
 P_500 = 0.05

@@ -1,4 +1,7 @@
-"""Shared fixtures: real SQLite files and a real PostgreSQL server started for the session."""
+"""Shared fixtures: a project directory, real SQLite files and a real PostgreSQL server started for the session.
+
+The helpers behind them, and the ones tests import, live in tests/support.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ import pytest
 
 from api.database import Database
 from api.queue import FeatureQueue
-from tests.harness import make_run  # noqa: F401 - a fixture for the end-to-end tests
-from tests.pg import PostgresServer, find_pg_bin
+from tests.support.harness import make_run  # noqa: F401 - a fixture for the end-to-end tests
+from tests.support.pg import PostgresServer, find_pg_bin
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -50,17 +53,31 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """An empty project directory; tests that need a features.json write one (tests.support.projects)."""
+    root = tmp_path / "project"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """The one backend parametrisation: each test depending on it runs on SQLite and on PostgreSQL."""
+    return request.param
+
+
+@pytest.fixture
+def db_url(backend_name: str, request: pytest.FixtureRequest) -> str:
+    """A fresh database on each backend: a SQLite file, or a new database on the test PostgreSQL server."""
+    if backend_name == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
 def queue(db_url: str, project: Path) -> Iterator[FeatureQueue]:
-    """A migrated queue on ``db_url`` for the test module's ``project`` directory."""
+    """A migrated queue on ``db_url`` for the ``project`` directory."""
     db = Database(db_url)
     db.migrate()
     yield FeatureQueue(db, project_dir=project, lease_seconds=30)
     db.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each test using this runs once on SQLite and once on PostgreSQL."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'queue.db'}"
-    return request.getfixturevalue("pg_url")

@@ -16,6 +16,7 @@ import pytest
 from agent_manager import main
 from api.database import Database
 from api.queue import FeatureQueue
+from tests.support.projects import write_features
 
 REPO = Path(__file__).resolve().parent.parent
 FEATURES = [{"name": "schema", "category": "database"}, {"name": "api", "depends_on": ["schema"]}]
@@ -36,11 +37,8 @@ def without_write_override() -> list[str]:
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "features.json").write_text(json.dumps(FEATURES), encoding="utf-8")
-    return root
+def project_with_features(project: Path) -> Path:
+    return write_features(project, FEATURES)
 
 
 def one_line(err: str, prefix: str = "agent-manager: error: ") -> str:
@@ -59,12 +57,12 @@ def one_line(err: str, prefix: str = "agent-manager: error: ") -> str:
     ids=["import", "run"],
 )
 def test_a_read_only_project_directory_is_one_line_naming_what_could_not_be_created(
-    project: Path, tmp_path: Path, argv: list[str], env: dict[str, str]
+    project_with_features: Path, tmp_path: Path, argv: list[str], env: dict[str, str]
 ) -> None:
-    project.chmod(0o555)
+    project_with_features.chmod(0o555)
     try:
         done = subprocess.run(
-            [*without_write_override(), *command(*argv, "--project-dir", str(project))],
+            [*without_write_override(), *command(*argv, "--project-dir", str(project_with_features))],
             capture_output=True,
             text=True,
             timeout=120,
@@ -72,26 +70,26 @@ def test_a_read_only_project_directory_is_one_line_naming_what_could_not_be_crea
             env={**os.environ, "CLAUDE_CONFIG_DIR": str(tmp_path / "cli"), **env},
         )
     finally:
-        project.chmod(0o755)
+        project_with_features.chmod(0o755)
     assert done.returncode == 2, done.stderr
     line = one_line(done.stderr)
-    assert f"cannot create {project / '.agent-manager'}: Permission denied" in line
-    assert sorted(p.name for p in project.iterdir()) == ["features.json"]
+    assert f"cannot create {project_with_features / '.agent-manager'}: Permission denied" in line
+    assert sorted(p.name for p in project_with_features.iterdir()) == ["features.json"]
 
 
 @pytest.fixture
-def project_with_a_long_transcript(project: Path) -> Path:
-    assert main(["import", "--project-dir", str(project)]) == 0
-    transcript = project / "transcript.jsonl"
+def project_with_a_long_transcript(project_with_features: Path) -> Path:
+    assert main(["import", "--project-dir", str(project_with_features)]) == 0
+    transcript = project_with_features / "transcript.jsonl"
     entry = {"type": "AssistantMessage", "data": {"content": [{"text": "a line of the agent's work " * 4}]}}
     # Far more than a pipe holds (64 KiB), so the writer is still writing when the reader leaves.
     transcript.write_text((json.dumps(entry) + "\n") * 20_000, encoding="utf-8")
-    db = Database(f"sqlite:///{project / '.agent-manager' / 'features.db'}")
-    queue = FeatureQueue(db, project_dir=project)
+    db = Database(f"sqlite:///{project_with_features / '.agent-manager' / 'features.db'}")
+    queue = FeatureQueue(db, project_dir=project_with_features)
     (claim,) = queue.claim(1, "test-supervisor")
     queue.start_run(claim, "sonnet", str(transcript))
     db.dispose()
-    return project
+    return project_with_features
 
 
 @pytest.mark.parametrize("raw", [False, True], ids=["readable", "raw"])
@@ -112,11 +110,11 @@ def test_logs_piped_into_a_reader_that_stops_early_ends_quietly_like_cat(
     assert err == ""
 
 
-def test_output_to_a_full_disk_is_one_line_exit_2(project: Path) -> None:
-    assert main(["import", "--project-dir", str(project)]) == 0
+def test_output_to_a_full_disk_is_one_line_exit_2(project_with_features: Path) -> None:
+    assert main(["import", "--project-dir", str(project_with_features)]) == 0
     with open("/dev/full", "w") as full:
         done = subprocess.run(
-            command("status", "--project-dir", str(project)),
+            command("status", "--project-dir", str(project_with_features)),
             stdout=full,
             stderr=subprocess.PIPE,
             text=True,
@@ -128,7 +126,7 @@ def test_output_to_a_full_disk_is_one_line_exit_2(project: Path) -> None:
 
 
 def test_an_unexpected_exception_is_one_line_and_its_traceback_is_saved_for_a_report(
-    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    project_with_features: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from supervisor import commands
 
@@ -138,7 +136,7 @@ def test_an_unexpected_exception_is_one_line_and_its_traceback_is_saved_for_a_re
     monkeypatch.setattr(commands, "cmd_status", broken_status)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
-    assert main(["status", "--project-dir", str(project)]) == 1
+    assert main(["status", "--project-dir", str(project_with_features)]) == 1
 
     line = one_line(capsys.readouterr().err, "agent-manager: internal error: ")
     assert line.startswith("agent-manager: internal error: RuntimeError: status table lost its columns")

@@ -13,6 +13,7 @@ import pytest
 from agent_manager import main
 from api.database import Database
 from api.queue import FeatureQueue
+from tests.support.projects import write_features
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -109,11 +110,8 @@ BAD_FILES = [
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "features.json").write_bytes(j(GOOD))
-    return root
+def project_with_features(project: Path) -> Path:
+    return write_features(project, GOOD)
 
 
 def snapshot(url: str):  # noqa: ANN201
@@ -134,16 +132,16 @@ def one_error_line(err: str) -> str:
 
 @pytest.mark.parametrize("case,content,fragment", BAD_FILES, ids=[c[0] for c in BAD_FILES])
 def test_bad_features_file_is_one_line_exit_2_and_changes_nothing(
-    project: Path, capsys: pytest.CaptureFixture[str], case: str, content: bytes, fragment: str
+    project_with_features: Path, capsys: pytest.CaptureFixture[str], case: str, content: bytes, fragment: str
 ) -> None:
-    assert main(["import", "--project-dir", str(project)]) == 0
-    url = f"sqlite:///{project / '.agent-manager' / 'features.db'}"
+    assert main(["import", "--project-dir", str(project_with_features)]) == 0
+    url = f"sqlite:///{project_with_features / '.agent-manager' / 'features.db'}"
     before = snapshot(url)
     capsys.readouterr()
-    bad = project / "bad.json"
+    bad = project_with_features / "bad.json"
     bad.write_bytes(content)
 
-    code = main(["import", "--project-dir", str(project), "--features", str(bad)])
+    code = main(["import", "--project-dir", str(project_with_features), "--features", str(bad)])
 
     line = one_error_line(capsys.readouterr().err)
     assert code == 2
@@ -170,20 +168,22 @@ def test_utf8_bom_from_windows_editors_is_accepted(tmp_path: Path, capsys: pytes
     assert "2 added" in capsys.readouterr().out
 
 
-def test_status_json_after_import_lists_every_feature(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["import", "--project-dir", str(project)]) == 0
+def test_status_json_after_import_lists_every_feature(
+    project_with_features: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["import", "--project-dir", str(project_with_features)]) == 0
     capsys.readouterr()
-    assert main(["status", "--project-dir", str(project), "--json"]) == 0
+    assert main(["status", "--project-dir", str(project_with_features), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [f["name"] for f in doc["features"]] == ["schema", "api"]
     assert doc["features"][1]["depends_on"] == ["schema"]
     assert doc["counts"] == {"pending": 2}
 
 
-def test_status_table_shows_the_features(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(["import", "--project-dir", str(project)])
+def test_status_table_shows_the_features(project_with_features: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["import", "--project-dir", str(project_with_features)])
     capsys.readouterr()
-    assert main(["--project-dir", str(project), "status"]) == 0
+    assert main(["--project-dir", str(project_with_features), "status"]) == 0
     out = capsys.readouterr().out
     assert "schema" in out and "database" in out and "pending: 2" in out
 
@@ -257,7 +257,7 @@ def _closed_port() -> int:
     ],
 )
 def test_bad_arguments_are_one_line_exit_2(
-    project: Path,
+    project_with_features: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -268,33 +268,33 @@ def test_bad_arguments_are_one_line_exit_2(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     port = _closed_port()
-    argv = [a.format(project=project, port=port, tmp=tmp_path) for a in argv]
+    argv = [a.format(project=project_with_features, port=port, tmp=tmp_path) for a in argv]
     assert main(argv) == 2
     assert fragment.format(tmp=tmp_path) in one_error_line(capsys.readouterr().err)
 
 
-def test_environment_fallbacks_select_the_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AGENT_MANAGER_PROJECT_DIR", str(project))
+def test_environment_fallbacks_select_the_project(project_with_features: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENT_MANAGER_PROJECT_DIR", str(project_with_features))
     assert main(["import"]) == 0
-    assert (project / ".agent-manager" / "features.db").exists()
+    assert (project_with_features / ".agent-manager" / "features.db").exists()
 
 
-def test_retry_of_an_unknown_id_names_it(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(["import", "--project-dir", str(project)])
+def test_retry_of_an_unknown_id_names_it(project_with_features: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["import", "--project-dir", str(project_with_features)])
     capsys.readouterr()
-    assert main(["retry", "42", "--project-dir", str(project)]) == 2
+    assert main(["retry", "42", "--project-dir", str(project_with_features)]) == 2
     assert "no feature with id 42" in one_error_line(capsys.readouterr().err)
 
 
 def test_a_run_without_any_credentials_is_one_line_exit_2_and_writes_nothing(
-    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    project_with_features: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for key in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "no-login"))
-    assert main(["--project-dir", str(project)]) == 2
+    assert main(["--project-dir", str(project_with_features)]) == 2
     assert "no Anthropic credentials: set ANTHROPIC_API_KEY" in one_error_line(capsys.readouterr().err)
-    assert not (project / ".agent-manager").exists()
+    assert not (project_with_features / ".agent-manager").exists()
 
 
 BAD_CONFIGS = [
@@ -330,62 +330,62 @@ BAD_CONFIGS = [
 
 @pytest.mark.parametrize("case,toml,fragment", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
 def test_a_bad_config_file_is_one_line_naming_the_file_and_setting_before_anything_runs(
-    project: Path, capsys: pytest.CaptureFixture[str], case: str, toml: str, fragment: str
+    project_with_features: Path, capsys: pytest.CaptureFixture[str], case: str, toml: str, fragment: str
 ) -> None:
-    config = project / ".agent-manager" / "config.toml"
+    config = project_with_features / ".agent-manager" / "config.toml"
     config.parent.mkdir()
     config.write_text(toml + "\n", encoding="utf-8")
-    assert main(["--project-dir", str(project), "--max-agents", "2"]) == 2
+    assert main(["--project-dir", str(project_with_features), "--max-agents", "2"]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert str(config) in line and fragment in line
-    assert not (project / ".agent-manager" / "features.db").exists()
+    assert not (project_with_features / ".agent-manager" / "features.db").exists()
 
 
 def test_a_config_file_that_is_a_directory_is_one_line_naming_it(
-    project: Path, capsys: pytest.CaptureFixture[str]
+    project_with_features: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = project / ".agent-manager" / "config.toml"
+    config = project_with_features / ".agent-manager" / "config.toml"
     config.mkdir(parents=True)
-    assert main(["--project-dir", str(project)]) == 2
+    assert main(["--project-dir", str(project_with_features)]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert f"{config} is a directory, expected a TOML file" in line
 
 
 @pytest.mark.parametrize("argv", [["status"], ["status", "--json"], ["logs", "1"], ["retry", "1"]])
 def test_reading_commands_on_a_new_project_create_no_directory(
-    project: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+    project_with_features: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
 ) -> None:
-    assert main([*argv, "--project-dir", str(project)]) == 2
+    assert main([*argv, "--project-dir", str(project_with_features)]) == 2
     assert "no database at" in one_error_line(capsys.readouterr().err)
-    assert sorted(p.name for p in project.iterdir()) == ["features.json"]
+    assert sorted(p.name for p in project_with_features.iterdir()) == ["features.json"]
 
 
 def test_a_sqlite_url_in_a_missing_directory_is_refused_instead_of_starting_a_second_queue(
-    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    project_with_features: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     typo = tmp_path / "qeueu"
     url = f"sqlite:///{typo / 'features.db'}"
 
-    assert main(["import", "--project-dir", str(project), "--database-url", url]) == 2
+    assert main(["import", "--project-dir", str(project_with_features), "--database-url", url]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert f"directory {typo} of the SQLite database does not exist" in line
     assert "a typo would split the queue in two" in line
-    assert main(["status", "--project-dir", str(project), "--database-url", url]) == 2
+    assert main(["status", "--project-dir", str(project_with_features), "--database-url", url]) == 2
     assert f"no database at {typo / 'features.db'}" in one_error_line(capsys.readouterr().err)
     assert not typo.exists()
-    assert not (project / ".agent-manager").exists()
+    assert not (project_with_features / ".agent-manager").exists()
 
 
 @pytest.mark.parametrize("argv", [["status"], ["logs", "1"], ["retry", "1"], ["import"]])
 def test_a_database_file_that_is_not_sqlite_is_one_line_naming_it_and_stays_untouched(
-    project: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+    project_with_features: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
 ) -> None:
-    database = project / ".agent-manager" / "features.db"
+    database = project_with_features / ".agent-manager" / "features.db"
     database.parent.mkdir()
     content = b"these are my notes, not a database\n" * 100
     database.write_bytes(content)
 
-    assert main([*argv, "--project-dir", str(project)]) == 2
+    assert main([*argv, "--project-dir", str(project_with_features)]) == 2
 
     line = one_error_line(capsys.readouterr().err)
     assert f"{database} is not a SQLite database" in line
@@ -395,9 +395,9 @@ def test_a_database_file_that_is_not_sqlite_is_one_line_naming_it_and_stays_unto
 
 @pytest.mark.parametrize("argv", [["status"], ["logs", "1"], ["retry", "1"], ["import"]])
 def test_a_database_written_by_a_newer_version_is_one_line_and_left_as_it_was(
-    project: Path, db_url: str, capsys: pytest.CaptureFixture[str], argv: list[str]
+    project_with_features: Path, db_url: str, capsys: pytest.CaptureFixture[str], argv: list[str]
 ) -> None:
-    assert main(["import", "--project-dir", str(project), "--database-url", db_url]) == 0
+    assert main(["import", "--project-dir", str(project_with_features), "--database-url", db_url]) == 0
     db = Database(db_url)
     with db.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
@@ -405,7 +405,7 @@ def test_a_database_written_by_a_newer_version_is_one_line_and_left_as_it_was(
     before = snapshot(db_url)
     capsys.readouterr()
 
-    assert main([*argv, "--project-dir", str(project), "--database-url", db_url]) == 2
+    assert main([*argv, "--project-dir", str(project_with_features), "--database-url", db_url]) == 2
 
     line = one_error_line(capsys.readouterr().err)
     assert "was written by a newer agent-manager (schema revision '9999'" in line

@@ -22,7 +22,7 @@ import pytest
 
 from supervisor.scripted_model import Reply, Request
 from supervisor.scripted_model.agents import TOOL, Agents, Convo, release, write
-from tests.harness import RUN_TIMEOUT_S, Run, alive, descendants
+from tests.support.harness import RUN_TIMEOUT_S, Run, assert_all_exit, descendants
 
 pytestmark = pytest.mark.slow
 
@@ -106,6 +106,7 @@ def test_a_second_writer_is_denied_by_the_lock_and_finishes_after_the_first_rele
 ) -> None:
     first_wrote = threading.Event()
     second_denied = threading.Event()
+    first_released = threading.Event()
     denials: list[str] = []
 
     def first(req: Request, convo: Convo, feature: dict) -> Reply | None:
@@ -115,6 +116,7 @@ def test_a_second_writer_is_denied_by_the_lock_and_finishes_after_the_first_rele
         if not convo.succeeded(TOOL + "feature_release"):
             assert second_denied.wait(120), "the second agent was never denied"
             return release(feature)
+        first_released.set()  # feature_release has answered: its file locks went with it
         return None
 
     def second(req: Request, convo: Convo, feature: dict) -> Reply | None:
@@ -126,7 +128,7 @@ def test_a_second_writer_is_denied_by_the_lock_and_finishes_after_the_first_rele
             second_denied.set()
             if len(writes) >= 200:
                 return release(feature, "failed", "never got the lock")
-            time.sleep(0.05)  # the retry of a model that was told to try again later
+            assert first_released.wait(120), "the first agent never released"  # then the model tries again
         else:
             assert first_wrote.wait(120), "the first agent never wrote"
         return write(req, "shared.txt", "from second\n")
@@ -494,10 +496,7 @@ def test_sigint_gives_every_feature_back_and_leaves_no_lock_or_process(make_run:
         assert stopped.num_turns >= 2 and stopped.cost_usd > 0, stopped
         assert feature["cost_usd"] == pytest.approx(stopped.cost_usd)
     assert "cost $0.0000" not in out
-    deadline = time.monotonic() + 10  # an exiting process may take a moment to be reaped
-    while any(alive(pid) for pid in sessions) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert [pid for pid in sessions if alive(pid)] == []
+    assert_all_exit(sessions, timeout=10)  # an exiting process may take a moment to be reaped
 
 
 def test_a_report_made_before_ctrl_c_is_kept_and_not_redone(make_run: Callable[..., Run]) -> None:

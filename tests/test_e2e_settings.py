@@ -10,7 +10,7 @@ import pytest
 
 from supervisor.scripted_model import Reply, Request
 from supervisor.scripted_model.agents import TOOL, Agents, Convo, release
-from tests.harness import Run
+from tests.support.harness import Run
 
 pytestmark = pytest.mark.slow
 

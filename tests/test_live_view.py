@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +12,12 @@ from api.database import Database
 from api.features_file import FeatureSpec
 from api.queue import FeatureQueue
 from supervisor.claude_runner import ClaudeRunner
-from supervisor.config import Settings
 from supervisor.live import PlainView, cost_cell
-from supervisor.loop import AgentState, Supervisor
-from supervisor.routing import AgentPolicy
+from supervisor.loop import AgentState
 from supervisor.runner import ActivityEvent
 from supervisor.scripted_model import FakeModelServer, isolated_cli_env
 from supervisor.scripted_model.agents import Agents, Convo, Request, write
+from tests.support.supervise import supervise
 
 pytestmark = pytest.mark.slow
 
@@ -44,30 +42,22 @@ class Recording(PlainView):
         super().activity(state, event)
 
 
-def test_turns_and_cost_grow_while_a_session_works_and_end_at_the_exact_figures(tmp_path: Path) -> None:
+def test_turns_and_cost_grow_while_a_session_works_and_end_at_the_exact_figures(
+    project: Path, sqlite_url: str, tmp_path: Path
+) -> None:
     def three_files(req: Request, convo: Convo, feature: dict) -> None:
         done = [c for c in convo.calls if c.name == "Write" and c.result is not None]
         return write(req, f"part-{len(done)}.txt", "x\n") if len(done) < 3 else None
 
-    project = tmp_path / "project"
-    project.mkdir()
-    db = Database(f"sqlite:///{tmp_path / 'queue.db'}")
+    db = Database(sqlite_url)
     db.migrate()
     queue = FeatureQueue(db, project_dir=project, lease_seconds=30)
     queue.import_specs([FeatureSpec("parts", category="backend")])
     view = Recording()
     with FakeModelServer(Agents({"parts": three_files})) as server:
         runner = ClaudeRunner(extra_env=isolated_cli_env(server.base_url, tmp_path / "cli"))
-        settings = Settings(
-            project_dir=project,
-            database_url=db.url.render_as_string(hide_password=False),
-            features_file=project / "features.json",
-            max_agents=1,
-            lease_seconds=30,
-            policy=AgentPolicy(),
-        )
         try:
-            summary = asyncio.run(asyncio.wait_for(Supervisor(queue, runner, settings, view).run(), 120))
+            summary, _ = supervise(queue, runner, max_agents=1, view=view, timeout=120)
         finally:
             runner.close()
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from api.database import Database
 from api.features_file import FeatureSpec
 from api.models import Feature
 from api.queue import FeatureQueue
+from api.records import HeartbeatResult
 from mcp_server import Identity
 from mcp_server.server import SERVER_NAME, build_server
 
@@ -47,11 +48,12 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
     anyio.run(bounded)
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    root = tmp_path / "project"
-    (root / "src").mkdir(parents=True)
-    return root
+@pytest.fixture(autouse=True)
+def src_directory(project: Path) -> Path:
+    """The project's src/, where the agents here lock their files."""
+    src = project / "src"
+    src.mkdir()
+    return src
 
 
 @asynccontextmanager
@@ -74,6 +76,31 @@ async def call(client: Client, tool: str, **arguments: Any):
 
 def text(result) -> str:
     return "\n".join(block.text for block in result.content)
+
+
+class Renewing(FeatureQueue):
+    """A queue whose lease renewals (the lease keeper's heartbeats) a test can wait for."""
+
+    def __init__(self, db: Database, project: Path, lease_seconds: float) -> None:
+        super().__init__(db, project_dir=project, lease_seconds=lease_seconds)
+        self.beats = 0
+        self._beat = threading.Condition()
+
+    def heartbeat(self, owner: str, held: Mapping[int, int] | None = None) -> HeartbeatResult:
+        result = super().heartbeat(owner, held)
+        with self._beat:
+            self.beats += 1
+            self._beat.notify_all()
+        return result
+
+    def _wait_for_a_beat(self) -> None:
+        with self._beat:
+            seen = self.beats
+            assert self._beat.wait_for(lambda: self.beats > seen, CALL_TIMEOUT_S), "the lease was not renewed"
+
+    async def next_renewal(self) -> None:
+        """Return after the next heartbeat has committed; fail if none comes within CALL_TIMEOUT_S."""
+        await anyio.to_thread.run_sync(self._wait_for_a_beat)
 
 
 def snapshot(queue: FeatureQueue) -> tuple:
@@ -275,7 +302,7 @@ def test_a_lead_agents_passing_counts_only_once_the_features_verify_command_pass
 def test_a_lead_agent_keeps_its_claim_while_verify_runs(db_url: str, project: Path) -> None:
     db = Database(db_url)
     db.migrate()
-    queue = FeatureQueue(db, project_dir=project, lease_seconds=0.6)  # a heartbeat every 0.2 s
+    queue = Renewing(db, project, lease_seconds=0.6)  # a heartbeat every 0.2 s
     # Two FIFOs: the command says when it runs, and runs until the test writes a line.
     for fifo in ("started", "go"):
         os.mkfifo(project / fifo)
@@ -300,7 +327,7 @@ def test_a_lead_agent_keeps_its_claim_while_verify_runs(db_url: str, project: Pa
                 await anyio.wait_readable(started)
                 seen = {expiry()}
                 while len(seen) < 5:  # renewed 4 times while verify runs: longer than a whole lease
-                    await anyio.sleep(0.05)
+                    await queue.next_renewal()
                     seen.add(expiry())
                 assert queue.reap_expired() == []
                 os.write(go, b"go\n")
@@ -365,7 +392,7 @@ def test_feature_claim_batch_is_refused_to_an_agent_with_an_assignment(queue: Fe
 def test_batch_leases_are_renewed_while_the_server_runs_and_no_longer_after(db_url: str, project: Path) -> None:
     db = Database(db_url)
     db.migrate()
-    queue = FeatureQueue(db, project_dir=project, lease_seconds=0.6)  # a heartbeat every 0.2 s
+    queue = Renewing(db, project, lease_seconds=0.6)  # a heartbeat every 0.2 s
     queue.import_specs([spec("long-job")])
 
     def expiry() -> Any:
@@ -379,8 +406,8 @@ def test_batch_leases_are_renewed_while_the_server_runs_and_no_longer_after(db_u
             claimed = await call(client, "feature_claim_batch", count=1)
             assert len(claimed.structured_content["result"]) == 1
             first = expiry()
-            while expiry() <= first:  # bounded by fail_after in run()
-                await anyio.sleep(0.05)
+            while expiry() <= first:
+                await queue.next_renewal()
             assert [t.daemon for t in keepers()] == [True]
         assert keepers() == []
 

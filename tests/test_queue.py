@@ -19,13 +19,6 @@ def spec(name: str, *deps: str, **kw) -> FeatureSpec:
     return FeatureSpec(name=name, depends_on=tuple(deps), **kw)
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    root = tmp_path / "project"
-    root.mkdir()
-    return root
-
-
 def names(claimed) -> list[str]:
     return [c.name for c in claimed]
 

@@ -28,14 +28,14 @@ from api.features_file import FeatureSpec
 from api.models import AgentRun, Feature, utcnow
 from api.queue import FeatureQueue
 from api.records import ClaimedFeature
-from supervisor.config import Settings
 from supervisor.live import PlainView
-from supervisor.loop import AgentState, Supervisor
-from supervisor.routing import AgentPolicy
-from supervisor.runner import ActivityEvent, AgentOutcome, AgentTask, Ending
+from supervisor.loop import AgentState
+from supervisor.runner import AgentOutcome, AgentTask
 from supervisor.scripted_model import Delay, DropMidStream, HttpError, Reply, Request
 from supervisor.scripted_model.agents import Agents, Convo
-from tests.harness import RUN_TIMEOUT_S, Run, alive, descendants
+from tests.support.harness import RUN_TIMEOUT_S, Run, assert_all_exit, descendants
+from tests.support.runners import ScriptedRunner, passes
+from tests.support.supervise import supervise
 
 pytestmark = pytest.mark.slow
 
@@ -43,10 +43,10 @@ LEASE = ("--lease-seconds", "3")
 HOLD_S = 120  # an upper bound on how long a held agent waits; tests release it long before
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest) -> str | None:
+@pytest.fixture
+def database_url(backend_name: str, request: pytest.FixtureRequest) -> str | None:
     """None: the project's own SQLite file (the CLI's default); else a fresh PostgreSQL database."""
-    return None if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    return None if backend_name == "sqlite" else request.getfixturevalue("pg_url")
 
 
 class Holds:
@@ -88,13 +88,6 @@ def clis(processes: dict[int, str]) -> list[int]:
 
 def mcp_servers(processes: dict[int, str]) -> list[int]:
     return [pid for pid, command in processes.items() if "-m mcp_server" in command]
-
-
-def assert_all_exit(processes: dict[int, str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while any(alive(pid) for pid in processes) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert {pid: command for pid, command in processes.items() if alive(pid)} == {}, "still running"
 
 
 def runs_table(run: Run) -> list[tuple[str, str, str | None, str | None]]:
@@ -480,34 +473,6 @@ def test_an_api_outage_past_its_limit_stops_the_run_with_the_cause_and_keeps_eve
 # which a FeatureQueue subclass (the supervisor's injected queue) provides deterministically.
 
 
-class Sessions:
-    """Scripted sessions that report passing; the session of `slow` first waits for `until`."""
-
-    def __init__(self, queue: FeatureQueue, slow: str = "", until: threading.Event | None = None) -> None:
-        self.queue, self.slow, self.until = queue, slow, until
-
-    async def run(self, task: AgentTask, on_activity: Callable[[ActivityEvent], None]) -> AgentOutcome:
-        if task.feature_name == self.slow and self.until is not None:
-            assert await asyncio.to_thread(self.until.wait, 30)
-        await asyncio.to_thread(self.queue.report, task.agent_id, task.feature_id, "passing", "built")
-        return AgentOutcome(Ending.COMPLETED, session_id=f"s-{task.feature_id}", num_turns=1)
-
-
-def supervise_in_process(queue: FeatureQueue, sessions: Sessions, view: PlainView | None = None):  # noqa: ANN201
-    assert queue.project_dir is not None
-    settings = Settings(
-        project_dir=queue.project_dir,
-        database_url=queue.db.url.render_as_string(hide_password=False),
-        features_file=queue.project_dir / "features.json",
-        max_agents=2,
-        lease_seconds=30,
-        policy=AgentPolicy(),
-        idle_poll_seconds=0.2,
-    )
-    supervisor = Supervisor(queue, sessions, settings, view or PlainView(io.StringIO()))
-    return asyncio.run(asyncio.wait_for(supervisor.run(), 60))
-
-
 class LateClaims(FeatureQueue):
     """An empty claim answers only once the session of `last` has ended (a slow database)."""
 
@@ -537,19 +502,24 @@ class EndsView(PlainView):
 
 
 def test_a_feature_unblocked_while_the_supervisor_claims_is_still_run_before_it_exits(
-    db_url: str, tmp_path: Path
+    db_url: str, project: Path
 ) -> None:
     # `second`, the last session running, ends (unblocking `child`) while an empty claim is in
     # flight: the supervisor must look again rather than conclude from that stale answer that it is done.
     db = Database(db_url)
     db.migrate()
-    queue = LateClaims(db, tmp_path, last="second")
+    queue = LateClaims(db, project, last="second")
     queue.import_specs(
         [FeatureSpec("first"), FeatureSpec("second"), FeatureSpec("child", depends_on=("first", "second"))]
     )
+
     # `second` outlives `first`, whose end makes the supervisor claim (and find nothing yet).
-    sessions = Sessions(queue, slow="second", until=queue.empty_claim_waiting)
-    summary = supervise_in_process(queue, sessions, EndsView(queue))
+    async def outlives_first(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
+        assert await asyncio.to_thread(queue.empty_claim_waiting.wait, 30)
+        return await passes(task, runner)
+
+    runner = ScriptedRunner(queue, by_feature={"second": outlives_first})
+    summary, _ = supervise(queue, runner, max_agents=2, view=EndsView(queue))
     db.dispose()
 
     assert queue.ended.is_set()
@@ -569,15 +539,15 @@ class ReapedMeanwhile(FeatureQueue):
 
 
 def test_a_restarted_supervisor_runs_claims_reaped_right_after_it_found_nothing_to_claim(
-    db_url: str, tmp_path: Path
+    db_url: str, project: Path
 ) -> None:
     db = Database(db_url)
     db.migrate()
-    queue = ReapedMeanwhile(db, project_dir=tmp_path, lease_seconds=30)
+    queue = ReapedMeanwhile(db, project_dir=project, lease_seconds=30)
     queue.import_specs([FeatureSpec("left"), FeatureSpec("behind")])
-    dead = FeatureQueue(db, project_dir=tmp_path, lease_seconds=-1)  # a crashed owner, its leases past
+    dead = FeatureQueue(db, project_dir=project, lease_seconds=-1)  # a crashed owner, its leases past
     assert len(dead.claim(2, "crashed")) == 2
-    summary = supervise_in_process(queue, Sessions(queue))
+    summary, _ = supervise(queue, ScriptedRunner(queue), max_agents=2)
     db.dispose()
 
     assert queue.reaped and len(queue.reaped) == 2
@@ -585,17 +555,17 @@ def test_a_restarted_supervisor_runs_claims_reaped_right_after_it_found_nothing_
 
 
 def test_attempts_left_open_by_a_stopped_or_dead_supervisor_are_closed_not_left_running(
-    db_url: str, tmp_path: Path
+    db_url: str, project: Path
 ) -> None:
     db = Database(db_url)
     db.migrate()
-    queue = FeatureQueue(db, project_dir=tmp_path, lease_seconds=30)
+    queue = FeatureQueue(db, project_dir=project, lease_seconds=30)
     queue.import_specs([FeatureSpec("stopped"), FeatureSpec("abandoned")])
     stopped = queue.claim(1, "sup")[0]
     queue.start_run(stopped, "sonnet")
     # A session cancelled during its start (a shutdown) never ends its attempt: the give-back does.
     assert queue.give_back_all("sup") == [stopped.id]
-    dead = FeatureQueue(db, project_dir=tmp_path, lease_seconds=-1)  # its leases are past at once
+    dead = FeatureQueue(db, project_dir=project, lease_seconds=-1)  # its leases are past at once
     claims = dead.claim(2, "dead")
     for claim in claims:
         dead.start_run(claim, "sonnet")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.projects import write_features
+
 REPO = Path(__file__).resolve().parent.parent
 RUN_ONLY = ("claude_agent_sdk", "mcp", "apscheduler", "alembic")
 
@@ -27,24 +29,26 @@ print(json.dumps({"code": code, "loaded": loaded}), file=sys.stderr)
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
+def imported_project(project: Path) -> Path:
     features = [{"name": "schema", "category": "database"}, {"name": "api", "depends_on": ["schema"]}]
-    (tmp_path / "features.json").write_text(json.dumps(features), encoding="utf-8")
+    write_features(project, features)
     done = subprocess.run(
-        [sys.executable, str(REPO / "agent_manager.py"), "import", "--project-dir", str(tmp_path)],
+        [sys.executable, str(REPO / "agent_manager.py"), "import", "--project-dir", str(project)],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=REPO,
     )
     assert done.returncode == 0, done.stderr
-    return tmp_path
+    return project
 
 
 @pytest.mark.parametrize("argv", [["status"], ["status", "--json"], ["logs", "1"]], ids=" ".join)
-def test_reading_commands_do_not_import_the_sdk_mcp_apscheduler_or_alembic(project: Path, argv: list[str]) -> None:
+def test_reading_commands_do_not_import_the_sdk_mcp_apscheduler_or_alembic(
+    imported_project: Path, argv: list[str]
+) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, *argv, "--project-dir", str(project)],
+        [sys.executable, "-c", PROBE, *argv, "--project-dir", str(imported_project)],
         input=json.dumps(RUN_ONLY),
         capture_output=True,
         text=True,

@@ -172,16 +172,14 @@ class Run:
         return Counter(fid for r in self.records for fid, _ in r["claims"])
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(("sqlite", 8, 1), id="sqlite-8x1"),
-        pytest.param(("postgresql", 8, 4), id="postgresql-8x4", marks=pytest.mark.postgres),
-    ]
-)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    name, processes, threads = request.param
-    url = f"sqlite:///{tmp_path / 'stress.db'}" if name == "sqlite" else request.getfixturevalue("pg_url")
-    return Backend(name, url, processes, threads)
+# (worker processes, threads in each) per backend
+SHAPES = {"sqlite": (8, 1), "postgresql": (8, 4)}
+
+
+@pytest.fixture
+def backend(backend_name: str, db_url: str) -> Backend:
+    processes, threads = SHAPES[backend_name]
+    return Backend(backend_name, db_url, processes, threads)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -17,50 +16,9 @@ import pytest
 from api.database import Database
 from api.features_file import FeatureSpec
 from api.queue import FeatureQueue
-from supervisor.config import Settings
-from supervisor.live import PlainView
-from supervisor.loop import Supervisor
-from supervisor.routing import AgentPolicy
 from supervisor.runner import ActivityEvent, AgentOutcome, AgentTask, Ending
-
-Behaviour = Callable[[AgentTask, "ScriptedRunner"], Awaitable[AgentOutcome]]
-
-
-class ScriptedRunner:
-    """Runs each task with a behaviour function; records concurrency and prompts."""
-
-    def __init__(self, queue: FeatureQueue, behaviour: Behaviour) -> None:
-        self.queue = queue
-        self.behaviour = behaviour
-        self.running = 0
-        self.peak = 0
-        self.tasks: list[AgentTask] = []
-        self.finished: dict[str, float] = {}
-        self.started: dict[str, float] = {}
-
-    async def run(self, task: AgentTask, on_activity: Callable[[ActivityEvent], None]) -> AgentOutcome:
-        self.tasks.append(task)
-        self.started.setdefault(task.feature_name, time.monotonic())
-        self.running += 1
-        self.peak = max(self.peak, self.running)
-        try:
-            on_activity(ActivityEvent(task.feature_id, "tool", "Write", 1, 0.01))
-            return await self.behaviour(task, self)
-        finally:
-            self.running -= 1
-            self.finished[task.feature_name] = time.monotonic()
-
-    async def report(self, task: AgentTask, status: str, notes: str = "") -> None:
-        await asyncio.to_thread(self.queue.report, task.agent_id, task.feature_id, status, notes)
-
-
-async def passes(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
-    # No pretend work: whatever a test needs to overlap, it gates on events.
-    await runner.report(task, "passing", f"built {task.feature_name}")
-    return AgentOutcome(
-        Ending.COMPLETED, session_id=f"s-{task.feature_id}", num_turns=3, cost_usd=0.01, model=task.model
-    )
-
+from tests.support.runners import ScriptedRunner, passes
+from tests.support.supervise import supervise
 
 DAG = [
     FeatureSpec("schema", category="database"),
@@ -73,33 +31,12 @@ DAG = [
 ]
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    root = tmp_path / "project"
-    root.mkdir()
-    return root
-
-
 def make(db_url: str, project: Path, specs=DAG, **policy) -> FeatureQueue:  # noqa: ANN001
     db = Database(db_url)
     db.migrate()
     queue = FeatureQueue(db, project_dir=project, lease_seconds=30, default_max_attempts=policy.get("max_attempts", 3))
     queue.import_specs(specs)
     return queue
-
-
-def supervise(queue: FeatureQueue, runner: ScriptedRunner, project: Path, max_agents: int = 3, **policy):  # noqa: ANN201
-    settings = Settings(
-        project_dir=project,
-        database_url=queue.db.url.render_as_string(hide_password=False),
-        features_file=project / "features.json",
-        max_agents=max_agents,
-        lease_seconds=30,
-        policy=AgentPolicy(**policy),
-        idle_poll_seconds=0.2,
-    )
-    supervisor = Supervisor(queue, runner, settings, PlainView(open("/dev/null", "w")))  # noqa: SIM115
-    return asyncio.run(asyncio.wait_for(supervisor.run(), 60)), supervisor
 
 
 def statuses(queue: FeatureQueue) -> dict[str, str]:
@@ -111,22 +48,20 @@ def test_runs_the_dag_in_dependency_order_with_bounded_parallelism(db_url: str, 
     # With three agents, the three features that `schema` unblocks wait for each other mid-session:
     # none finishes before all three run at once. With one agent nothing waits (it would wait forever).
     wave = {"auth", "tasks", "ui"}
-    together = asyncio.Barrier(len(wave))
     met: list[str] = []
 
     async def meets(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
         if max_agents > 1 and task.feature_name in wave:
             try:
-                async with asyncio.timeout(10):
-                    await together.wait()
+                await runner.running_at_once(len(wave), within=10)
                 met.append(task.feature_name)
-            except (TimeoutError, asyncio.BrokenBarrierError):
-                await together.abort()  # they never ran all at once (asserted below): nobody waits again
+            except TimeoutError:
+                pass  # they never ran all at once: `met` misses them (asserted below)
         return await passes(task, runner)
 
     queue = make(db_url, project)
     runner = ScriptedRunner(queue, meets)
-    summary, _ = supervise(queue, runner, project, max_agents=max_agents)
+    summary, _ = supervise(queue, runner, max_agents=max_agents)
     assert summary.exit_code == 0
     assert {f.name: (f.status, f.attempts) for f in queue.status_report().features} == {
         s.name: ("passing", 1) for s in DAG
@@ -147,7 +82,7 @@ def test_verify_failure_is_a_failed_attempt_and_the_retry_sees_the_output(db_url
     specs = [FeatureSpec("checked", verify="echo missing-endpoint >&2; exit 3", max_attempts=2)]
     queue = make(db_url, project, specs)
     runner = ScriptedRunner(queue, passes)
-    summary, _ = supervise(queue, runner, project)
+    summary, _ = supervise(queue, runner)
     assert summary.exit_code == 1
     (feature,) = queue.status_report().features
     assert (feature.status, feature.attempts) == ("failed", 2)
@@ -164,7 +99,7 @@ def test_a_session_that_never_releases_fails_then_blocks_its_dependents(db_url: 
 
     queue = make(db_url, project, [FeatureSpec("mute"), FeatureSpec("after", depends_on=("mute",))])
     runner = ScriptedRunner(queue, silent)
-    summary, _ = supervise(queue, runner, project)
+    summary, _ = supervise(queue, runner)
     assert summary.exit_code == 1
     assert statuses(queue) == {"mute": "failed", "after": "blocked"}
     (mute, _) = queue.status_report().features
@@ -177,7 +112,7 @@ def test_rejected_credentials_stop_the_run_without_using_attempts(db_url: str, p
         return AgentOutcome(Ending.AUTH_ERROR, "the API rejected the credentials (401): Invalid API key")
 
     queue = make(db_url, project)
-    summary, _ = supervise(queue, ScriptedRunner(queue, unauthorised), project)
+    summary, _ = supervise(queue, ScriptedRunner(queue, unauthorised))
     assert summary.exit_code == 2
     assert "401" in summary.stop_reason and "ANTHROPIC_API_KEY" in summary.stop_reason
     features = queue.status_report().features
@@ -199,7 +134,7 @@ def test_an_outage_pauses_claims_and_the_run_resumes_by_itself(db_url: str, proj
     queue = make(db_url, project, specs)
     runner = ScriptedRunner(queue, flaky_api)
     started = time.monotonic()
-    summary, _ = supervise(queue, runner, project, max_agents=1, backoff_initial_seconds=0.2)
+    summary, _ = supervise(queue, runner, max_agents=1, backoff_initial_seconds=0.2)
     assert summary.exit_code == 0
     # Only the sessions that did the work count: one each, the outage used none.
     assert all(f.attempts == 1 for f in queue.status_report().features)
@@ -212,9 +147,7 @@ def test_a_long_outage_gives_up_with_a_clear_cause(db_url: str, project: Path) -
         return AgentOutcome(Ending.API_UNAVAILABLE, "API unavailable (500): Internal", api_error_status=500)
 
     queue = make(db_url, project, [FeatureSpec("a")])
-    summary, _ = supervise(
-        queue, ScriptedRunner(queue, down), project, backoff_initial_seconds=0.05, outage_limit_seconds=0.3
-    )
+    summary, _ = supervise(queue, ScriptedRunner(queue, down), backoff_initial_seconds=0.05, outage_limit_seconds=0.3)
     assert summary.exit_code == 1
     assert "unavailable" in summary.stop_reason
     assert statuses(queue) == {"a": "pending"}
@@ -242,7 +175,7 @@ def test_writes_are_guarded_by_file_locks_between_agents(db_url: str, project: P
         return await passes(task, runner)
 
     queue = make(db_url, project, [FeatureSpec("one"), FeatureSpec("two")])
-    summary, _ = supervise(queue, ScriptedRunner(queue, contend), project)
+    summary, _ = supervise(queue, ScriptedRunner(queue, contend))
     assert summary.exit_code == 0
     assert [d.allowed for d in seen["one"]] == [True, False]
     assert [d.allowed for d in seen["two"]] == [False, True, False]
@@ -257,25 +190,20 @@ def test_rate_limit_pressure_halves_concurrency_which_then_recovers_one_agent_at
     specs = [FeatureSpec(f"f{i}") for i in range(16)]
     queue = make(db_url, project, specs)
     seen: list[int] = []  # sessions running when each one started
-    activity: dict[int, Callable[[ActivityEvent], None]] = {}
     first_wave = asyncio.Event()
-
-    class Recording(ScriptedRunner):
-        async def run(self, task: AgentTask, on_activity: Callable[[ActivityEvent], None]) -> AgentOutcome:
-            activity[task.feature_id] = on_activity
-            return await super().run(task, on_activity)
 
     async def behaviour(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
         seen.append(runner.running)
         if runner.running == 8:
             # Eight running: one of them hears the rate-limit warning before any 429 arrives.
-            activity[task.feature_id](ActivityEvent(task.feature_id, "rate_limit", "allowed_warning", 1, 0.0, 0.9))
+            warning = ActivityEvent(task.feature_id, "rate_limit", "allowed_warning", 1, 0.0, 0.9)
+            runner.activity[task.feature_id](warning)
             first_wave.set()
         await asyncio.wait_for(first_wave.wait(), 30)
         return await passes(task, runner)
 
-    runner = Recording(queue, behaviour)
-    summary, supervisor = supervise(queue, runner, project, max_agents=8)
+    runner = ScriptedRunner(queue, behaviour)
+    summary, supervisor = supervise(queue, runner, max_agents=8)
     assert summary.exit_code == 0
     assert seen[:8] == list(range(1, 9))
     later = seen[8:]
@@ -310,7 +238,7 @@ def test_an_outside_sqlite_writer_holding_the_lock_for_seconds_only_delays_the_r
         return await passes(task, runner)  # its report waits on the lock, then goes through
 
     started = time.monotonic()
-    summary, _ = supervise(queue, ScriptedRunner(queue, blocked_mid_session), project)
+    summary, _ = supervise(queue, ScriptedRunner(queue, blocked_mid_session))
     assert holder[0].wait(10) == 0
     assert summary.exit_code == 0 and summary.stop_reason is None
     assert set(statuses(queue).values()) == {"passing"}
@@ -329,7 +257,7 @@ def test_a_postgresql_restart_mid_run_is_ridden_out(pg_server, pg_url: str, proj
             await asyncio.to_thread(pg_server.restart)
         return await passes(task, runner)
 
-    summary, _ = supervise(queue, ScriptedRunner(queue, restart_once), project)
+    summary, _ = supervise(queue, ScriptedRunner(queue, restart_once))
     assert restarted
     assert summary.exit_code == 0, summary.stop_reason
     assert set(statuses(queue).values()) == {"passing"}
@@ -346,7 +274,7 @@ def test_a_database_that_stays_down_stops_the_run_with_its_cause(pg_server, pg_u
 
     try:
         started = time.monotonic()
-        summary, _ = supervise(queue, ScriptedRunner(queue, pull_the_plug), project, database_outage_seconds=2)
+        summary, _ = supervise(queue, ScriptedRunner(queue, pull_the_plug), database_outage_seconds=2)
         took = time.monotonic() - started
     finally:
         pg_server.start_existing()
@@ -371,7 +299,7 @@ def test_a_rate_limit_pause_lasts_at_least_as_long_as_the_api_asked(db_url: str,
 
     queue = make(db_url, project, [FeatureSpec("a")])
     runner = ScriptedRunner(queue, limited_once)
-    summary, _ = supervise(queue, runner, project, max_agents=1, backoff_initial_seconds=0.1)
+    summary, _ = supervise(queue, runner, max_agents=1, backoff_initial_seconds=0.1)
     assert summary.exit_code == 0
     assert runner.started and calls["n"] == 2
     gap = runner.finished["a"] - runner.started["a"]  # first start to the end of the retry

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ import pytest
 from api.database import Database
 from api.queue import FeatureQueue
 from supervisor.scripted_model import FakeModelServer, Reply, Request, isolated_cli_env
+from tests.support.projects import write_features
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 240
 
 
@@ -33,7 +35,7 @@ class Run:
     ) -> None:
         self.project = tmp_path / "project"
         (self.project / ".agent-manager").mkdir(parents=True)
-        (self.project / "features.json").write_text(json.dumps(features, indent=2), encoding="utf-8")
+        write_features(self.project, features, indent=2)
         (self.project / ".agent-manager" / "config.toml").write_text(config, encoding="utf-8")
         self.server = FakeModelServer(brain).start()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_MANAGER_", "ANTHROPIC_", "CLAUDE_"))}
@@ -123,6 +125,15 @@ def descendants(pid: int) -> dict[int, str]:
                 found[child] = commands.get(child, "")
                 frontier.append(child)
     return found
+
+
+def assert_all_exit(processes: dict[int, str], timeout: float) -> None:
+    """Fail unless every process (pid -> command line) has exited within ``timeout`` seconds."""
+    # Polled: a process's exit is observable from here only through /proc.
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert {pid: command for pid, command in processes.items() if alive(pid)} == {}, "still running"
 
 
 def alive(pid: int) -> bool:
