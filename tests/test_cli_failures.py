@@ -130,7 +130,7 @@ def test_an_unexpected_exception_is_one_line_and_its_traceback_is_saved_for_a_re
 ) -> None:
     from supervisor import commands
 
-    def broken_status(settings, as_json):  # noqa: ANN001, ANN202
+    def broken_status(settings, as_json):
         raise RuntimeError("status table lost its columns")
 
     monkeypatch.setattr(commands, "cmd_status", broken_status)

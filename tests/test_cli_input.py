@@ -23,7 +23,7 @@ GOOD = [
 ]
 
 
-def j(value) -> bytes:  # noqa: ANN001
+def j(value) -> bytes:
     return json.dumps(value).encode()
 
 
@@ -114,7 +114,7 @@ def project_with_features(project: Path) -> Path:
     return write_features(project, GOOD)
 
 
-def snapshot(url: str):  # noqa: ANN201
+def snapshot(url: str):
     db = Database(url)
     queue = FeatureQueue(db)
     state = (queue.status_report(), queue.dependency_map(), queue.events(), queue.file_locks())
@@ -438,9 +438,9 @@ def _limit_memory() -> None:
 
 
 def test_importing_from_dev_zero_stops_at_the_size_limit(tmp_path: Path) -> None:
+    argv = ["import", "--project-dir", str(tmp_path), "--features", "/dev/zero"]
     done = subprocess.run(
-        [sys.executable, str(REPO / "agent_manager.py"), "import", "--project-dir", str(tmp_path)]
-        + ["--features", "/dev/zero"],
+        [sys.executable, str(REPO / "agent_manager.py"), *argv],
         capture_output=True,
         text=True,
         timeout=120,

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,7 @@ def dags_with_statuses(draw: st.DrawFn) -> tuple[Dag, dict[int, str]]:
 
 def brute_longest_chain(g: Dag) -> dict[int, int]:
     """Relax every edge until nothing changes: no topological order, no networkx."""
-    length = {node: 1 for node in g.nodes}
+    length = dict.fromkeys(g.nodes, 1)
     changed = True
     while changed:
         changed = False
@@ -137,7 +138,7 @@ def test_find_cycle_finds_the_cycle_a_back_edge_closes(g: Dag, data: st.DataObje
     cycle = dag.find_cycle(graph)
     assert cycle is not None
     assert len(cycle) >= 2 and cycle[0] == cycle[-1]
-    assert all(graph.has_edge(a, b) for a, b in zip(cycle, cycle[1:])), cycle
+    assert all(graph.has_edge(a, b) for a, b in pairwise(cycle)), cycle
     assert len(set(cycle[:-1])) == len(cycle) - 1, f"not a simple cycle: {cycle}"
 
 

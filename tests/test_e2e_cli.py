@@ -58,7 +58,7 @@ def test_agents_build_a_feature_dag_in_dependency_order(make_run: Callable[..., 
             barrier.wait()
         return None
 
-    brain = Agents({name: meet for name in ROOTS})
+    brain = Agents(dict.fromkeys(ROOTS, meet))
     run = make_run(brain, APP)
     subprocess.run(["git", "init", "-q", str(run.project)], check=True)
     flag = "--max-agents" if agents > 1 else "--parallel"
@@ -230,7 +230,7 @@ def test_credentials_refused_only_by_sessions_still_stop_the_run_within_seconds(
 class NotAnthropic(http.server.BaseHTTPRequestHandler):
     """A web server that is not the Messages API: a 404 page for everything."""
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         page = b"<html><body>Not Found</body></html>"
         self.send_response(404)
         self.send_header("content-type", "text/html")
@@ -238,7 +238,7 @@ class NotAnthropic(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(page)
 
-    do_GET = do_HEAD = do_POST  # noqa: N815
+    do_GET = do_HEAD = do_POST
 
     def log_message(self, *args: object) -> None:
         pass
@@ -466,7 +466,7 @@ def test_sigint_gives_every_feature_back_and_leaves_no_lock_or_process(make_run:
             hold.wait(120)  # the agent is mid-task when the supervisor is interrupted
         return None
 
-    brain = Agents({name: busy for name in ROOTS})
+    brain = Agents(dict.fromkeys(ROOTS, busy))
     run = make_run(brain, APP)
     proc = run.start("--max-agents", "3")
     try:
@@ -640,7 +640,7 @@ def test_agents_cannot_push_or_write_outside_the_project(make_run: Callable[...,
     done = run.supervise("--max-agents", "1")
 
     assert done.returncode == 0, done.stdout + done.stderr
-    (push, push_denied, push_text), (_, write_denied, write_text), (_, bash_denied, _) = answers
+    (_, push_denied, push_text), (_, write_denied, write_text), (_, bash_denied, _) = answers
     assert push_denied and "`git push` is not allowed" in push_text and "bash_deny" in push_text
     assert not (run.project / ".git").exists()  # the whole line was refused, not just its tail
     assert write_denied and "outside the project" in write_text

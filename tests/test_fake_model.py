@@ -342,7 +342,7 @@ def test_peak_concurrency_counts_sessions_in_flight(tmp_path: Path) -> None:
 
     def wait_for_all(req: Request, state) -> None:
         barrier.wait()  # every session's first request holds its turn until all three arrive
-        return None
+        return
 
     brain = ScriptedBrain([wait_for_all, write_file("out.txt", "x"), say("finished")])
 
@@ -373,9 +373,7 @@ def test_client_session_goes_idle_between_turns(tmp_path: Path) -> None:
         async with ClaudeSDKClient(options) as client:
             for prompt in ("first question", "second question"):
                 await client.query(prompt)
-                async for message in client.receive_response():
-                    if isinstance(message, ResultMessage):
-                        results.append(message)
+                results.extend([m async for m in client.receive_response() if isinstance(m, ResultMessage)])
                 active_after_turn.append(set(srv.active_sessions))
         return results
 

@@ -32,7 +32,7 @@ def test_the_revision_known_without_alembic_is_the_newest_migration() -> None:
     cfg.set_main_option("script_location", str(ALEMBIC_DIR))
     # Every command opens the database without alembic when it is at HEAD_REVISION: a new
     # migration must move it, or databases would never be upgraded to it.
-    assert HEAD_REVISION == ScriptDirectory.from_config(cfg).get_current_head()
+    assert ScriptDirectory.from_config(cfg).get_current_head() == HEAD_REVISION
 
 
 def _migrate(url: str) -> None:
@@ -83,11 +83,12 @@ def test_upgrading_from_the_first_revision_keeps_every_feature_run_lock_and_even
             ("docs", "pending", 0, 1, None, None, 0, None, "", 0.0),
             ("asked", "needs_input", 0, 0, None, None, 1, None, "which database?", 0.0),
         ]
+        values = ", ".join(["?" if db.is_sqlite else "%s"] * 19)
         for i, (name, status, attempts, unmet, owner, agent, token, expires, notes, cost) in enumerate(rows, 1):
             conn.exec_driver_sql(
                 "INSERT INTO features (id, name, description, category, priority, steps, status, attempts, unmet_deps,"
                 " critical_path, claim_order, owner, agent_id, lease_token, lease_expires_at, notes, cost_usd,"
-                " created_at, updated_at) VALUES (%s)" % ", ".join(["?" if db.is_sqlite else "%s"] * 19),
+                f" created_at, updated_at) VALUES ({values})",
                 (i, name, f"the {name}", "backend", 0, '["works"]', status, attempts, unmet, 1, i, owner, agent,
                  token, expires, notes, cost, now, now),
             )  # fmt: skip

@@ -64,7 +64,7 @@ class Holds:
         return None
 
     def hooks(self) -> dict[str, Callable[[Request, Convo, dict], Reply | None]]:
-        return {name: self.hook for name in self.working}
+        return dict.fromkeys(self.working, self.hook)
 
     def wait_working(self, timeout: float = 120) -> bool:
         deadline = time.monotonic() + timeout
@@ -114,7 +114,7 @@ def assert_passed_exactly_once(run: Run, names: list[str]) -> None:
     queue = run.queue()
     try:
         report = queue.status_report()
-        assert {f.name: f.status for f in report.features} == {name: "passing" for name in names}
+        assert {f.name: f.status for f in report.features} == dict.fromkeys(names, "passing")
         ids = {f.id: f.name for f in report.features}
         released = Counter(ids[fid] for _, kind, fid, _ in queue.events() if kind == "released:passing")
         assert released == Counter(names)
@@ -222,7 +222,7 @@ def test_two_supervisors_share_one_queue_and_the_survivor_finishes_what_a_killed
     assert passed_by == {
         finished_first: first.pid,
         kept: second.pid,  # reclaimed after its lease expired
-        **{name: second.pid for name in held[second.pid]},
+        **dict.fromkeys(held[second.pid], second.pid),
     }
 
 
@@ -419,7 +419,7 @@ def test_api_faults_mid_session_use_no_attempt_and_only_a_timed_out_session_uses
 
     features = [{"name": name, "category": "backend"} for name in API_FAULTS]
     features.append({"name": "slow", "category": "testing"})  # haiku, whose timeout is short here
-    run = make_run(Agents({name: inject for name in faults}), features, timeouts={"haiku": SESSION_TIMEOUT_S})
+    run = make_run(Agents(dict.fromkeys(faults, inject)), features, timeouts={"haiku": SESSION_TIMEOUT_S})
     # One session at a time, so each injected fault meets the session that asked for it.
     done = run.supervise("--max-agents", "1")
 
@@ -428,7 +428,7 @@ def test_api_faults_mid_session_use_no_attempt_and_only_a_timed_out_session_uses
     report = run.status()
     assert report["counts"] == {"passing": len(features)}
     attempts = {f["name"]: f["attempts"] for f in report["features"]}
-    assert attempts == {**{name: 1 for name in API_FAULTS}, "slow": 2}
+    assert attempts == {**dict.fromkeys(API_FAULTS, 1), "slow": 2}
     runs = runs_table(run)
     for name, (_, status) in API_FAULTS.items():
         mine = [(outcome, error or "") for feature, _, outcome, error in runs if feature == name]

@@ -269,15 +269,13 @@ def test_concurrent_workers_claim_every_feature_exactly_once_and_only_after_its_
             claim_events[fid].append((event_id, owner))
         elif kind == "released:passing":
             passed_at[fid].append(event_id)
-    assert {fid: len(v) for fid, v in claim_events.items()} == {fid: 1 for fid in ids.values()}
-    assert {fid: len(v) for fid, v in passed_at.items()} == {fid: 1 for fid in ids.values()}
+    assert {fid: len(v) for fid, v in claim_events.items()} == dict.fromkeys(ids.values(), 1)
+    assert {fid: len(v) for fid, v in passed_at.items()} == dict.fromkeys(ids.values(), 1)
     early = []
     for feature in report.features:
         ((claimed_event, owner),) = claim_events[feature.id]
         assert owner == claimed_by[feature.id]
-        for dep in feature.depends_on:
-            if passed_at[ids[dep]][0] > claimed_event:
-                early.append((feature.name, dep))
+        early.extend((feature.name, dep) for dep in feature.depends_on if passed_at[ids[dep]][0] > claimed_event)
     assert not early, f"claimed before a dependency passed: {early}"
 
 

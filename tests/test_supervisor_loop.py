@@ -31,7 +31,7 @@ DAG = [
 ]
 
 
-def make(db_url: str, project: Path, specs=DAG, **policy) -> FeatureQueue:  # noqa: ANN001
+def make(db_url: str, project: Path, specs=DAG, **policy) -> FeatureQueue:
     db = Database(db_url)
     db.migrate()
     queue = FeatureQueue(db, project_dir=project, lease_seconds=30, default_max_attempts=policy.get("max_attempts", 3))
@@ -232,7 +232,8 @@ def test_an_outside_sqlite_writer_holding_the_lock_for_seconds_only_delays_the_r
     async def blocked_mid_session(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
         if not holder:
             path = sqlite_url.removeprefix("sqlite:///")
-            proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, path, "3"], stdout=subprocess.PIPE, text=True)
+            argv = [sys.executable, "-c", HOLD_LOCK, path, "3"]
+            proc = await asyncio.to_thread(subprocess.Popen, argv, stdout=subprocess.PIPE, text=True)
             holder.append(proc)
             assert await asyncio.to_thread(proc.stdout.readline) == "locked\n"
         return await passes(task, runner)  # its report waits on the lock, then goes through
@@ -246,7 +247,7 @@ def test_an_outside_sqlite_writer_holding_the_lock_for_seconds_only_delays_the_r
 
 
 @pytest.mark.postgres
-def test_a_postgresql_restart_mid_run_is_ridden_out(pg_server, pg_url: str, project: Path) -> None:  # noqa: ANN001
+def test_a_postgresql_restart_mid_run_is_ridden_out(pg_server, pg_url: str, project: Path) -> None:
     queue = make(pg_url, project)
     restarted: list[bool] = []
 
@@ -264,7 +265,7 @@ def test_a_postgresql_restart_mid_run_is_ridden_out(pg_server, pg_url: str, proj
 
 
 @pytest.mark.postgres
-def test_a_database_that_stays_down_stops_the_run_with_its_cause(pg_server, pg_url: str, project: Path) -> None:  # noqa: ANN001
+def test_a_database_that_stays_down_stops_the_run_with_its_cause(pg_server, pg_url: str, project: Path) -> None:
     queue = make(pg_url, project, DAG[:1])
 
     async def pull_the_plug(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:

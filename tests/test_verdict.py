@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from api.records import RunRecord, Status, Verdict
 from api.verify import VerifyResult
@@ -27,7 +27,7 @@ def record(reported: Status | None = None, notes: str | None = None) -> RunRecor
         cost_usd=None,
         transcript_path=None,
         error=None,
-        started_at=datetime.now(timezone.utc),
+        started_at=datetime.now(UTC),
         ended_at=None,
     )
 

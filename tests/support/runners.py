@@ -69,10 +69,10 @@ class ScriptedRunner:
             self.finished[task.feature_name] = time.monotonic()
 
     async def running_at_once(self, n: int, within: float = 10) -> None:
-        """Return once ``n`` sessions run at the same time; raise TimeoutError if they never do.
+        """Return once ``n`` sessions run at the same time; TimeoutError if not within ``within`` seconds.
 
-        A session that awaits this does not end before the others have started, so ``n``
-        sessions that all await it prove that the supervisor ran ``n`` at once.
+        A session that awaits this cannot end before ``n`` are running, so ``n`` sessions that
+        all return from it prove that the supervisor ran ``n`` at once.
         """
         gate = asyncio.Event()
         if self.running >= n:
