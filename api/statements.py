@@ -1,7 +1,7 @@
-"""The SQL behind FeatureQueue's verbs: the statements it runs, and the reads that return records.
+"""The SQL behind FeatureQueue's verbs: the statements it runs, and the event log.
 
-FeatureQueue executes every statement that changes a status, a lease or a lock; the functions
-here that take a session only read, or append to the event log, inside the caller's transaction.
+FeatureQueue executes every statement that changes a status, a lease or a lock; ``log`` only
+appends to the event log, inside the caller's transaction (the reads are in api/reads.py).
 Statements without values are built once and cached: SQLAlchemy memoises the cache key of a
 statement object it has seen, which made a claim ~1 ms cheaper than building it anew.
 """
