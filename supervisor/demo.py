@@ -159,7 +159,13 @@ def run_demo(
     try:
         with FakeModelServer(demo_agents(think_seconds)) as server:
             env = _environment(server.base_url, state)
-            print(f"demo project: {project} (scripted model at {server.base_url})", flush=True)
+            print(
+                "agent-manager demo: the real supervisor and the real claude CLI, answered by a scripted\n"
+                f"local model at {server.base_url} instead of the Anthropic API (no API key; nothing is billed:\n"
+                "the costs shown are what the CLI computes for the scripted model's token counts).\n"
+                f"demo project: {project}",
+                flush=True,
+            )
             code = _call([*manager, "--project-dir", str(project), "--max-agents", str(max_agents)], env)
             _call([*manager, "status", "--project-dir", str(project)], env)
     finally:
