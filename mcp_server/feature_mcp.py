@@ -12,6 +12,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
+from api.records import Status
 from api.verify import VerifyResult, run_verify
 from mcp_server import AppContext, tool_errors
 
@@ -139,17 +140,17 @@ async def feature_release(
         )
     if stored == "reported":
         follow_up = {
-            "passing": "the supervisor checks it (it may run the verify command) and records the outcome",
-            "failed": "the supervisor records the failed attempt; the feature may be retried",
-            "pending": "the supervisor puts the feature back in the queue unfinished",
-        }[status]
+            Status.PASSING: "the supervisor checks it (it may run the verify command) and records the outcome",
+            Status.FAILED: "the supervisor records the failed attempt; the feature may be retried",
+            Status.PENDING: "the supervisor puts the feature back in the queue unfinished",
+        }[Status(status)]
         message = f"recorded {status!r} for feature #{feature_id}: {follow_up}. Stop working on it now."
         return ReleaseAnswer(success=True, status=stored, message=message)
     if checked and not checked[0][1].passed:
         command, result = checked[0]
         after = (
             "the failed attempt was counted; it is back to pending and will be retried"
-            if stored == "pending"
+            if stored == Status.PENDING
             else f"no attempts left: it is now {stored}"
         )
         message = f"feature #{feature_id} is not passing ({after}): its {result.summary(command)}"
@@ -157,7 +158,7 @@ async def feature_release(
     message = f"feature #{feature_id} is now {stored}."
     if checked:
         message = f"verify command `{checked[0][0]}` passed; {message}"
-    elif status == "failed" and stored == "pending":
+    elif Status(status) is Status.FAILED and stored == Status.PENDING:
         message += " The failed attempt was counted; it will be retried."
     return ReleaseAnswer(success=True, status=stored, message=message)
 
