@@ -28,7 +28,7 @@ from supervisor.cli_state import feature_config_dir
 from supervisor.config import Settings
 from supervisor.prompts import retry_prompt, task_prompt
 from supervisor.runner import ActivityEvent, AgentOutcome, AgentRunner, AgentTask, Ending, Spend, WriteDecision
-from supervisor.sandbox import denied_command
+from supervisor.sandbox import GIT_WRITES, denied_command
 from supervisor.throttle import Throttle
 from supervisor.view import AgentState, RunSummary, SupervisorView
 
@@ -261,7 +261,14 @@ class Supervisor:
             if entry is None:
                 return WriteDecision(True)
             return WriteDecision(
-                False, f"`{entry}` is not allowed for agents in this project (bash_deny in .agent-manager/config.toml)"
+                False,
+                f"`{entry}` is not allowed for agents in this project (bash_deny in .agent-manager/config.toml)"
+                + (
+                    ": agent-manager commits, merges and switches branches itself; leave your changes in the "
+                    "working tree and call feature_release"
+                    if entry in GIT_WRITES
+                    else ""
+                ),
             )
 
         async def on_session(session_id: str) -> None:

@@ -6,9 +6,22 @@ import os
 import shlex
 from collections.abc import Sequence
 
-DEFAULT_BASH_DENY = (
+# The supervisor is the only git writer: agents leave their changes in the working tree.
+GIT_WRITES = (
+    "git commit",
+    "git stash",
+    "git reset",
+    "git checkout",
+    "git switch",
+    "git rebase",
+    "git merge",
+    "git cherry-pick",
+    "git revert",
+    "git am",
     "git push",
-    "git reset --hard",
+)
+DEFAULT_BASH_DENY = (
+    *GIT_WRITES,
     "git clean -fdx",
     "rm -rf /",
     "rm -rf ~",
@@ -22,6 +35,8 @@ DEFAULT_BASH_DENY = (
 _SEPARATORS = {";", "&&", "||", "|", "&", "(", ")", "|&", ";;"}
 _WRAPPERS = {"env", "command", "exec", "nohup", "time", "nice", "builtin", "xargs", "timeout"}
 _SHELLS = {"sh", "bash", "zsh", "dash"}
+# git's options before its sub-command, and those that take the next word as their value.
+_GIT_OPTIONS_WITH_VALUE = {"-C", "-c", "--git-dir", "--work-tree", "--namespace", "--super-prefix", "--config-env"}
 
 
 def denied_command(command: str, deny: Sequence[str]) -> str | None:
@@ -73,8 +88,14 @@ def _unwrap(words: list[str]) -> list[str]:
 
 
 def _starts_with(words: list[str], pattern: list[str]) -> bool:
-    if len(words) < len(pattern) or not pattern:
+    if not pattern or os.path.basename(words[0]) != pattern[0]:
         return False
-    if os.path.basename(words[0]) != pattern[0]:
-        return False
-    return words[1 : len(pattern)] == pattern[1:]
+    args = _git_subcommand(words[1:]) if pattern[0] == "git" else words[1:]
+    return len(args) >= len(pattern) - 1 and args[: len(pattern) - 1] == pattern[1:]
+
+
+def _git_subcommand(args: list[str]) -> list[str]:
+    """``git -C dir -c k=v commit ...`` -> ``commit ...``: git's own options do not hide its sub-command."""
+    while args and args[0].startswith("-"):
+        args = args[2:] if args[0] in _GIT_OPTIONS_WITH_VALUE else args[1:]
+    return args

@@ -618,10 +618,14 @@ def test_a_session_over_its_feature_budget_is_stopped_and_the_feature_fails(make
 # -- sandbox ---------------------------------------------------------------------------------------
 
 
-def test_agents_cannot_push_or_write_outside_the_project(make_run: Callable[..., Run], tmp_path: Path) -> None:
+def test_agents_cannot_push_commit_switch_branches_or_write_outside_the_project(
+    make_run: Callable[..., Run], tmp_path: Path
+) -> None:
     outside = tmp_path / "outside.txt"
     attempts = [
         ("Bash", {"command": "git init -q && git push origin main", "description": "publish"}),
+        ("Bash", {"command": "git -c user.name=a commit -qam wip", "description": "commit"}),
+        ("Bash", {"command": "git checkout -b mine", "description": "branch"}),
         ("Write", {"file_path": str(outside), "content": "escaped\n"}),
         ("Bash", {"command": "echo built > bash.txt", "description": "build"}),
     ]
@@ -640,8 +644,10 @@ def test_agents_cannot_push_or_write_outside_the_project(make_run: Callable[...,
     done = run.supervise("--max-agents", "1")
 
     assert done.returncode == 0, done.stdout + done.stderr
-    (_, push_denied, push_text), (_, write_denied, write_text), (_, bash_denied, _) = answers
-    assert push_denied and "`git push` is not allowed" in push_text and "bash_deny" in push_text
+    pushed, committed, switched, (_, write_denied, write_text), (_, bash_denied, _) = answers
+    for (_, denied, text), entry in zip((pushed, committed, switched), ("push", "commit", "checkout"), strict=True):
+        assert denied and f"`git {entry}` is not allowed" in text and "bash_deny" in text, text
+        assert "agent-manager commits, merges and switches branches itself" in text, text
     assert not (run.project / ".git").exists()  # the whole line was refused, not just its tail
     assert write_denied and "outside the project" in write_text
     assert not outside.exists()

@@ -11,7 +11,12 @@ from supervisor.sandbox import DEFAULT_BASH_DENY, denied_command
     "command,entry",
     [
         ("git push origin main", "git push"),
-        ("git add . && git commit -m x && git push", "git push"),
+        ("git add . && git commit -m x && git push", "git commit"),
+        ("git -C sub -c user.name=x commit -qam wip", "git commit"),
+        ("git --no-pager stash push", "git stash"),
+        ("git checkout -b mine", "git checkout"),
+        ("git switch main", "git switch"),
+        ("git reset --soft HEAD~1", "git reset"),
         ("cd repo; sudo apt-get install x", "sudo"),
         ("/usr/bin/sudo -u root ls", "sudo"),
         ("FOO=1 env nohup git push --force", "git push"),
@@ -33,6 +38,7 @@ def test_dangerous_commands_are_found_wherever_they_hide_in_the_line(command: st
     "command",
     [
         "git status && git diff",
+        "git -C sub log --oneline && git add -A && git diff --staged",
         "python -m pytest -q",
         "rm -rf build/ dist/",
         "rm -rf /tmp/work/cache",  # "rm -rf /" means the root, not any absolute path
