@@ -7,20 +7,9 @@ Importing it is cheap: claude_agent_sdk is imported only by `cli_options` and `r
 from __future__ import annotations
 
 from supervisor.scripted_model.cli import QueryRun, cli_options, isolated_cli_env, run_query
-from supervisor.scripted_model.server import (
-    Brain,
-    Delay,
-    DropMidStream,
-    FakeModelServer,
-    HttpError,
-    LoggedRequest,
-    Reply,
-    Request,
-    ToolResult,
-    Usage,
-    text_block,
-    tool_use_block,
-)
+from supervisor.scripted_model.faults import Delay, DropMidStream, HttpError
+from supervisor.scripted_model.messages import Brain, Reply, Request, ToolResult, Usage, text_block, tool_use_block
+from supervisor.scripted_model.server import FakeModelServer, LoggedRequest
 
 __all__ = [
     "Brain",

@@ -7,8 +7,9 @@ import contextlib
 import signal
 import sys
 
+from supervisor.scripted_model.messages import Usage
 from supervisor.scripted_model.scripts import SCRIPTS, make_script
-from supervisor.scripted_model.server import FakeModelServer, Usage
+from supervisor.scripted_model.server import FakeModelServer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ and never reach the brain. See NOTES.md for what the CLI sends and why things ar
 
 This module keeps the server's state: the brain, injected faults, the request log and the
 sessions in flight. The request and reply types live in `messages`, the faults in `faults`, the
-HTTP and SSE plumbing in `protocol`; they are re-exported here.
+HTTP and SSE plumbing in `protocol`; the package re-exports what callers use.
 """
 
 from __future__ import annotations
@@ -21,41 +21,16 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from supervisor.scripted_model.faults import Delay, DropMidStream, Fault, HttpError
+from supervisor.scripted_model.faults import Fault, HttpError
 from supervisor.scripted_model.messages import (
     Brain,
     Reply,
     Request,
-    ToolResult,
     Usage,
-    is_side_request,
-    session_key_of,
-    side_reply,
-    text_block,
-    tool_use_block,
 )
-from supervisor.scripted_model.protocol import _Handler, sse_events
+from supervisor.scripted_model.protocol import _Handler
 
-__all__ = [
-    "Brain",
-    "Delay",
-    "DropMidStream",
-    "FakeModelServer",
-    "Fault",
-    "HttpError",
-    "LoggedRequest",
-    "RawRequest",
-    "Reply",
-    "Request",
-    "ToolResult",
-    "Usage",
-    "is_side_request",
-    "session_key_of",
-    "side_reply",
-    "sse_events",
-    "text_block",
-    "tool_use_block",
-]
+__all__ = ["FakeModelServer", "LoggedRequest", "RawRequest"]
 
 # ---------------------------------------------------------------------------------------------
 # Logging
