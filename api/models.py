@@ -136,11 +136,28 @@ class AgentRun(Base):
     # What the agent said through feature_release; the supervisor turns it into the outcome.
     reported_status: Mapped[str | None] = mapped_column(String(20))
     reported_notes: Mapped[str | None] = mapped_column(Text)
+    # The commit a passing attempt landed (or is about to land) on the integration branch. Stored
+    # before the branch moves, so a supervisor killed in between finds the feature already merged.
+    commit_sha: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         Index("ix_agent_runs_feature_id", "feature_id", "attempt"),
         Index("ix_agent_runs_agent_id", "agent_id"),
     )
+
+
+class MergeLock(Base):
+    """One merge at a time per integration branch, across every supervisor sharing the database.
+
+    A lease like a claim's: a holder that stops renewing it loses it at ``expires_at``.
+    """
+
+    __tablename__ = "merge_locks"
+
+    branch: Mapped[str] = mapped_column(String(255), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    acquired_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class Event(Base):

@@ -1,4 +1,4 @@
-"""The feature queue: the only code that changes a feature's status, lease or file lock.
+"""The feature queue: the only code that changes a feature's status, lease, file lock or merge lock.
 
 Every verb is one database transaction. Claims are atomic on both backends: PostgreSQL
 locks candidate rows with ``FOR UPDATE SKIP LOCKED``; SQLite takes the write lock up front
@@ -10,7 +10,7 @@ in api.paths; the verbs here decide and write.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from api import defaults, importer, reads, statements
 from api.database import Database
 from api.errors import InputError, LeaseLostError, NotFoundError
 from api.features_file import FeatureSpec
-from api.models import AgentRun, Feature, FileLock, utcnow
+from api.models import AgentRun, Feature, FileLock, MergeLock, utcnow
 from api.paths import resolve_project_path
 from api.records import (
     ClaimedFeature,
@@ -249,6 +249,32 @@ class FeatureQueue:
         """Remember the session id as soon as it is known, so a crash can still resume it."""
         self.db.run(lambda session: session.execute(statements.update_run_statement(run_id, session_id=session_id)))
 
+    def set_run_commit(self, run_id: int, sha: str) -> None:
+        """Remember the commit a passing attempt lands, before the integration branch moves to it."""
+        self.db.run(lambda session: session.execute(statements.update_run_statement(run_id, commit_sha=sha)))
+
+    def reopen_run(self, run_id: int) -> None:
+        """Clear the agent's report on an attempt still running, so its session can be resumed
+        (a merge conflict sent it back) and must call feature_release again.
+
+        Raises NotFoundError for an unknown id, InputError for an attempt that has ended.
+        """
+
+        def work(session: Session) -> None:
+            reopened = session.execute(statements.reopen_run_statement(run_id)).first()
+            if reopened is None:
+                if session.get(AgentRun, run_id) is None:
+                    raise NotFoundError(f"no agent run with id {run_id}")
+                raise InputError(f"agent run {run_id} has ended; only a running attempt can be reopened")
+            statements.log(session, [("reopened", reopened.feature_id, reopened.agent_id, {"run": run_id})])
+
+        self.db.run(work)
+
+    def written_paths(self, run_id: int) -> list[str]:
+        """The project-relative paths the run's agent locked for its feature since the run started,
+        sorted: the files a feature's agent wrote in shared mode. Raises NotFoundError."""
+        return self.db.run(lambda session: reads.written_paths(session, run_id), read_only=True)
+
     def runs(self, feature_id: int) -> list[RunRecord]:
         """Every attempt at a feature, oldest first."""
         return self.db.run(lambda session: reads.runs(session, feature_id), read_only=True)
@@ -372,6 +398,44 @@ class FeatureQueue:
     def file_locks(self) -> list[tuple[str, str, int | None]]:
         """(path, owner, feature_id) of every lock, by path."""
         return self.db.run(reads.file_locks, read_only=True)
+
+    # -- merge locks ----------------------------------------------------------------
+
+    def take_merge_lock(self, branch: str, owner: str, seconds: float) -> bool:
+        """Take ``branch``'s merge lock for ``seconds`` if it is free, expired or already ``owner``'s
+        (then renewed). Atomic across processes; False while someone else holds it."""
+
+        def work(session: Session) -> bool:
+            now = utcnow()
+            take = statements.take_merge_lock_statement(
+                self.db.is_sqlite, branch, owner, now, now + timedelta(seconds=seconds)
+            )
+            acquired_at = session.execute(take).scalar()
+            if acquired_at is None:
+                return False
+            if acquired_at == now:  # changed hands (a renewal keeps the old time): worth a log line
+                statements.log(session, [("merge_locked", None, owner, {"branch": branch})])
+            return True
+
+        return self.db.run(work)
+
+    def renew_merge_lock(self, branch: str, owner: str, seconds: float) -> bool:
+        """Extend ``owner``'s merge lock on ``branch`` to ``seconds`` from now; False when it was lost."""
+
+        def work(session: Session) -> bool:
+            expires = utcnow() + timedelta(seconds=seconds)
+            return session.execute(statements.renew_merge_lock_statement(branch, owner, expires)).first() is not None
+
+        return self.db.run(work)
+
+    def drop_merge_lock(self, branch: str, owner: str) -> None:
+        """Release ``branch``'s merge lock if ``owner`` holds it; a lock it lost is left alone."""
+        drop = delete(MergeLock).where(MergeLock.branch == branch, MergeLock.owner == owner)
+        self.db.run(lambda session: session.execute(drop))
+
+    def merge_lock_holder(self, branch: str) -> tuple[str, datetime] | None:
+        """(owner, acquired_at) of ``branch``'s merge lock, or None when it is free or expired."""
+        return self.db.run(lambda session: reads.merge_lock_holder(session, branch, utcnow()), read_only=True)
 
     # -- import and status ----------------------------------------------------------
 

@@ -6,13 +6,14 @@ Nothing here writes; FeatureQueue (api/queue.py) owns every change of status, le
 from __future__ import annotations
 
 import functools
+from datetime import datetime
 
 from sqlalchemy import Row, Select, bindparam, func, select
 from sqlalchemy.orm import Session, aliased
 
 from api import dag
 from api.errors import NotFoundError
-from api.models import AgentRun, Event, Feature, FeatureDependency, FileLock
+from api.models import AgentRun, Event, Feature, FeatureDependency, FileLock, MergeLock
 from api.records import (
     ClaimedFeature,
     DependencyNote,
@@ -76,6 +77,7 @@ def run_record(run: AgentRun) -> RunRecord:
         error=run.error,
         started_at=run.started_at,
         ended_at=run.ended_at,
+        commit_sha=run.commit_sha,
     )
 
 
@@ -184,6 +186,35 @@ def lock_holder(session: Session, path: str) -> Row[str, int | None, str | None]
 def file_locks(session: Session) -> list[tuple[str, str, int | None]]:
     query = select(FileLock.path, FileLock.owner, FileLock.feature_id).order_by(FileLock.path)
     return [(r.path, r.owner, r.feature_id) for r in session.execute(query)]
+
+
+def merge_lock_holder(session: Session, branch: str, now: datetime) -> tuple[str, datetime] | None:
+    """(owner, acquired_at) of ``branch``'s merge lock, or None when it is free or has expired."""
+    row = session.execute(
+        select(MergeLock.owner, MergeLock.acquired_at).where(MergeLock.branch == branch, MergeLock.expires_at >= now)
+    ).first()
+    return None if row is None else (row.owner, row.acquired_at)
+
+
+def written_paths(session: Session, run_id: int) -> list[str]:
+    """The paths the run's agent locked for the run's feature since the run started, sorted.
+
+    Raises NotFoundError for an unknown run id.
+    """
+    row = session.get(AgentRun, run_id)
+    if row is None:
+        raise NotFoundError(f"no agent run with id {run_id}")
+    # file_locked events, as FeatureQueue.claim_file logs them: the lock table forgets a path once
+    # it is released, the event log does not. The detail is filtered here, not in JSON SQL, which
+    # is spelled differently on each backend; one agent's events for one feature are few.
+    query = select(Event.detail).where(
+        Event.feature_id == row.feature_id,
+        Event.kind == "file_locked",
+        Event.owner == row.agent_id,
+        Event.ts >= row.started_at,
+    )
+    paths = {d["path"] for d in session.scalars(query) if isinstance(d, dict) and isinstance(d.get("path"), str)}
+    return sorted(paths)
 
 
 def events(session: Session, feature_id: int | None) -> list[tuple[int, str, int | None, str | None]]:

@@ -172,6 +172,7 @@ class RunRecord:
     error: str | None
     started_at: datetime
     ended_at: datetime | None
+    commit_sha: str | None = None  # what a passing attempt landed on the integration branch
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate, Update
 
-from api.models import AgentRun, Event, Feature, FeatureDependency, FileLock, utcnow
+from api.models import AgentRun, Event, Feature, FeatureDependency, FileLock, MergeLock, utcnow
 from api.records import (
     Status,
     Verdict,
@@ -234,6 +234,17 @@ def insert_run_statement(row: Mapping[str, Any]) -> ReturningInsert[int]:
     return insert(AgentRun).values(row).returning(AgentRun.id)
 
 
+def reopen_run_statement(run_id: int) -> ReturningUpdate[int, str]:
+    """Clear the report of an attempt that has not ended; returns (feature_id, agent_id), or no row."""
+    return (
+        update(AgentRun)
+        .where(AgentRun.id == run_id, AgentRun.ended_at.is_(None))
+        .values(reported_status=None, reported_notes=None)
+        .returning(AgentRun.feature_id, AgentRun.agent_id)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def close_runs_statement(agent_ids: Iterable[str | None], now: datetime, outcome: str, error: str) -> Update:
     """End the still-open attempts of these agents (claims that ended without their session's verdict)."""
     return (
@@ -257,6 +268,46 @@ def lock_file_statement(
         .values(path=path, owner=owner, feature_id=feature_id, acquired_at=now)
         .on_conflict_do_nothing(index_elements=["path"])
         .returning(FileLock.path)
+    )
+
+
+def take_merge_lock_statement(
+    is_sqlite: bool, branch: str, owner: str, now: datetime, expires: datetime
+) -> ReturningInsert[datetime]:
+    """Take ``branch``'s merge lock if it is free, expired or already ``owner``'s (then renew it).
+
+    One upsert, so two takers cannot both win: SQLite runs it under BEGIN IMMEDIATE, and
+    PostgreSQL's ON CONFLICT DO UPDATE locks the existing row and re-checks the WHERE on its
+    newest version. Returns the lock's acquired_at when taken (``now`` when it changed hands,
+    the original time on a renewal), no row when someone else holds it.
+    """
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect_insert = sqlite.insert if is_sqlite else postgresql.insert
+    upsert = dialect_insert(MergeLock).values(branch=branch, owner=owner, acquired_at=now, expires_at=expires)
+    return upsert.on_conflict_do_update(
+        index_elements=["branch"],
+        set_={
+            "owner": owner,
+            # Kept on a renewal: acquired_at is when the holder took the lock, not when it last renewed.
+            "acquired_at": case((MergeLock.owner == owner, MergeLock.acquired_at), else_=now),
+            "expires_at": expires,
+        },
+        where=(MergeLock.expires_at < now) | (MergeLock.owner == owner),
+    ).returning(MergeLock.acquired_at)
+
+
+def renew_merge_lock_statement(branch: str, owner: str, expires: datetime) -> ReturningUpdate[str]:
+    """Extend ``branch``'s merge lock while ``owner`` holds it; no row when it was lost.
+
+    An expired lock nobody took over is still ``owner``'s: taking it changes the owner.
+    """
+    return (
+        update(MergeLock)
+        .where(MergeLock.branch == branch, MergeLock.owner == owner)
+        .values(expires_at=expires)
+        .returning(MergeLock.branch)
+        .execution_options(synchronize_session=False)
     )
 
 
