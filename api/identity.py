@@ -20,6 +20,7 @@ ENV_AGENT_ID = "AGENT_MANAGER_AGENT_ID"
 ENV_FEATURE_ID = "AGENT_MANAGER_FEATURE_ID"
 ENV_LEASE_SECONDS = "AGENT_MANAGER_LEASE_SECONDS"
 ENV_VERIFY_TIMEOUT_SECONDS = "AGENT_MANAGER_VERIFY_TIMEOUT_SECONDS"
+ENV_WORK_DIR = "AGENT_MANAGER_WORK_DIR"
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,14 @@ class Identity:
     feature_id: int | None = None
     lease_seconds: float = defaults.LEASE_SECONDS
     verify_timeout_seconds: float = defaults.VERIFY_TIMEOUT_SECONDS
+    # The agent's own git worktree in worktree mode: its file-lock paths are relative to it, and
+    # name the same repository file for every worktree of the run. None: the project directory.
+    work_dir: Path | None = None
+
+    @property
+    def files_root(self) -> Path:
+        """The directory an agent's file paths are relative to."""
+        return self.work_dir or self.project_dir
 
     def to_env(self) -> dict[str, str]:
         """The AGENT_MANAGER_* variables a `python -m mcp_server` process reads back with from_env."""
@@ -49,6 +58,8 @@ class Identity:
         }
         if self.feature_id is not None:
             env[ENV_FEATURE_ID] = str(self.feature_id)
+        if self.work_dir is not None:
+            env[ENV_WORK_DIR] = str(self.work_dir)
         return env
 
     @classmethod
@@ -73,6 +84,10 @@ class Identity:
         agent_id = env.get(ENV_AGENT_ID, "").strip() or f"mcp-{os.getpid()}"
         if len(agent_id) > defaults.MAX_AGENT_ID:
             raise InputError(f"{ENV_AGENT_ID} must be at most {defaults.MAX_AGENT_ID} characters")
+        work = env.get(ENV_WORK_DIR, "").strip()
+        work_dir = Path(work).resolve() if work else None
+        if work_dir is not None and not work_dir.is_dir():
+            raise InputError(f"{ENV_WORK_DIR}={work!r} is not a directory")
         return cls(
             database_url=url,
             project_dir=project_dir,
@@ -80,6 +95,7 @@ class Identity:
             feature_id=_feature_id(env.get(ENV_FEATURE_ID, "").strip()),
             lease_seconds=_seconds(env, ENV_LEASE_SECONDS, defaults.LEASE_SECONDS),
             verify_timeout_seconds=_seconds(env, ENV_VERIFY_TIMEOUT_SECONDS, defaults.VERIFY_TIMEOUT_SECONDS),
+            work_dir=work_dir,
         )
 
 

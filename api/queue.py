@@ -352,12 +352,16 @@ class FeatureQueue:
             raise InputError("file locks need the project directory (AGENT_MANAGER_PROJECT_DIR)")
         return self.project_dir
 
-    def claim_file(self, file_path: str, agent_id: str, feature_id: int | None = None) -> LockResult:
+    def claim_file(
+        self, file_path: str, agent_id: str, feature_id: int | None = None, *, root: Path | None = None
+    ) -> LockResult:
         """Lock a project file for ``agent_id``. Another holder is a normal ``success=False``.
 
+        ``root`` is the directory the agent works in when it is not the project (its git worktree):
+        the lock is on the path relative to it, so every worktree of a run shares one lock per file.
         Raises PathOutsideProjectError / InputError for a path an agent must not use.
         """
-        path = resolve_project_path(self._project(), file_path)
+        path = resolve_project_path(root or self._project(), file_path)
 
         def work(session: Session) -> LockResult:
             lock = statements.lock_file_statement(self.db.is_sqlite, path, agent_id, feature_id, utcnow())
@@ -375,9 +379,9 @@ class FeatureQueue:
 
         return self.db.run(work)
 
-    def release_file(self, file_path: str, agent_id: str) -> LockResult:
-        """Unlock a file ``agent_id`` holds; releasing a lock you do not hold is ``success=False``."""
-        path = resolve_project_path(self._project(), file_path)
+    def release_file(self, file_path: str, agent_id: str, *, root: Path | None = None) -> LockResult:
+        """Unlock a file ``agent_id`` holds (``root`` as for claim_file); not holding it is ``success=False``."""
+        path = resolve_project_path(root or self._project(), file_path)
 
         def work(session: Session) -> LockResult:
             gone = session.execute(

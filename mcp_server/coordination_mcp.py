@@ -49,8 +49,9 @@ def claim_file(file_path: FilePath, ctx: Context[AppContext]) -> LockAnswer:
     this session gives you (an agent_id argument is ignored).
     """
     app = ctx.request_context.lifespan_context
-    with tool_errors(), _relative_path_hint(file_path, app.identity.project_dir):
-        result = app.queue.claim_file(file_path, app.identity.agent_id, app.identity.feature_id)
+    root = app.identity.files_root
+    with tool_errors(), _relative_path_hint(file_path, root):
+        result = app.queue.claim_file(file_path, app.identity.agent_id, app.identity.feature_id, root=root)
     return LockAnswer(success=result.success, message=result.message)
 
 
@@ -61,8 +62,9 @@ def release_file(file_path: FilePath, ctx: Context[AppContext]) -> LockAnswer:
     an agent_id argument is ignored).
     """
     app = ctx.request_context.lifespan_context
-    with tool_errors(), _relative_path_hint(file_path, app.identity.project_dir):
-        result = app.queue.release_file(file_path, app.identity.agent_id)
+    root = app.identity.files_root
+    with tool_errors(), _relative_path_hint(file_path, root):
+        result = app.queue.release_file(file_path, app.identity.agent_id, root=root)
     return LockAnswer(success=result.success, message=result.message)
 
 

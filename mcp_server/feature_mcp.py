@@ -129,7 +129,7 @@ async def feature_release(
         # Called by report on its worker thread; the command runs on this server's event loop
         # while the lease keeper goes on renewing the agent's claims.
         result = anyio.from_thread.run(
-            run_verify, command, app.identity.project_dir, app.identity.verify_timeout_seconds
+            run_verify, command, app.identity.files_root, app.identity.verify_timeout_seconds
         )
         checked.append((command, result))
         return result
