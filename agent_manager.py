@@ -50,6 +50,26 @@ RUN_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[str], Any], Any, str]] =
         None,
         "US dollars this run may spend on agents; no new feature starts once it would cross it",
     ),
+    "isolation": (
+        ("--isolation",),
+        str,
+        None,
+        "worktree: each feature in its own git worktree, landed as one commit through a merge queue "
+        "(default in a git repository with a commit); shared: one tree for all agents",
+    ),
+    "branch": (
+        ("--branch",),
+        str,
+        None,
+        "the integration branch features land on (default: the branch checked out in DIR)",
+    ),
+    "remote": (
+        ("--remote",),
+        str,
+        None,
+        "a git remote that holds the integration branch, for supervisors on several hosts: each merge is "
+        "pushed there with a compare-and-swap",
+    ),
 }
 
 
@@ -85,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_logs.add_argument("feature_id", type=int, metavar="ID")
     p_logs.add_argument("--attempt", type=int, help="show this attempt's transcript instead of the last")
     p_logs.add_argument("--raw", action="store_true", help="print the transcript's JSON lines")
+    p_clean = sub.add_parser(
+        "clean", help="remove the git worktrees and branches of features that are not running (failed ones' too)"
+    )
     p_demo = sub.add_parser(
         "demo",
         help="run real claude sessions on an example project against a scripted local model (no API key needed)",
@@ -96,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where to build the demo project (default: a new temp dir)",
     )
-    for p in (p_import, p_status, p_retry, p_logs):
+    for p in (p_import, p_status, p_retry, p_logs, p_clean):
         # SUPPRESS: a flag given before the subcommand is not overwritten by the subparser's default.
         _add(p, COMMON_OPTIONS, suppress=True)
     return parser
@@ -143,6 +166,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return commands.cmd_status(settings, args.json)
     if args.command == "retry":
         return commands.cmd_retry(settings, args.feature_id)
+    if args.command == "clean":
+        return commands.cmd_clean(settings)
     if args.command == "logs":
         return commands.cmd_logs(settings, args.feature_id, args.attempt, args.raw)
     return commands.cmd_run(settings)

@@ -94,11 +94,12 @@ class Budget:
             return Verdict(Status.FAILED, why, give_up=True)
         return Verdict(Status.PENDING, count_attempt=False)
 
-    def account(self, state: AgentState, outcome: AgentOutcome) -> None:
-        """Add a finished session's time, cost and tokens, under the model that served it."""
+    def account(self, state: AgentState, outcome: AgentOutcome, since: float | None = None) -> None:
+        """Add a finished session's time (from ``since``, default the attempt's start), cost and
+        tokens, under the model that served it."""
         model = outcome.model or state.model
         self.sessions += 1
-        self.agent_seconds += time.monotonic() - state.started
+        self.agent_seconds += time.monotonic() - (state.started if since is None else since)
         self._cost[model] += outcome.cost_usd
         self._tokens[model][0] += outcome.input_tokens
         self._tokens[model][1] += outcome.output_tokens

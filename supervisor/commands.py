@@ -6,6 +6,7 @@ it takes seconds to import, and `status`, `logs` and `--help` must answer at onc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -86,11 +87,46 @@ def cmd_import(settings: Settings) -> int:
 
 def cmd_status(settings: Settings, as_json: bool) -> int:
     report = open_queue(settings, must_exist=True).status_report()
+    worktrees = feature_worktrees(settings)
     if as_json:
-        json.dump(report.to_json(), sys.stdout, indent=2)
+        data = report.to_json() | {"worktrees": {str(fid): str(path) for fid, path in sorted(worktrees.items())}}
+        json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        display.print_status(report)
+        display.print_status(report, worktrees)
+    return 0
+
+
+def feature_worktrees(settings: Settings) -> dict[int, Path]:
+    """Feature worktrees left in the project (failed features' are kept for inspection), by feature id."""
+    from supervisor.gitrepo import WORKTREES_DIR
+
+    root = settings.project_dir / WORKTREES_DIR
+    found: dict[int, Path] = {}
+    with contextlib.suppress(OSError):
+        for entry in root.iterdir():
+            number = entry.name.removeprefix("feature-")
+            if entry.name.startswith("feature-") and number.isdigit() and entry.is_dir():
+                found[int(number)] = entry
+    return found
+
+
+def cmd_clean(settings: Settings) -> int:
+    """Remove the worktrees and branches agent-manager left behind, except those of running features."""
+    from api.records import Status
+    from supervisor.gitrepo import BRANCH_PREFIX, GitRepo
+
+    queue = open_queue(settings, must_exist=True)
+    running = {f.id for f in queue.status_report().features if f.status == Status.CLAIMED}
+    repo = GitRepo(settings.project_dir)
+    removed, kept = repo.clean(keep=running)
+    for fid in kept:
+        print(f"kept the worktree of feature #{fid}: it is running")
+    branches = sorted({*removed})
+    print(
+        f"removed {len(branches)} feature worktree(s) and branch(es)"
+        + (f": {', '.join(f'{BRANCH_PREFIX}{i}' for i in branches)}" if branches else "")
+    )
     return 0
 
 
@@ -141,12 +177,20 @@ def cmd_run(settings: Settings) -> int:
     import gc
 
     from supervisor.claude_runner import ClaudeRunner
+    from supervisor.integration import plan
     from supervisor.live import make_view
     from supervisor.loop import Supervisor
     from supervisor.routing import load_policy
 
     policy = load_policy(settings.project_dir)
     check_credentials()
+    # Before anything is written: a dirty checkout or an unknown branch leaves the queue as it was.
+    git = plan(
+        settings.project_dir,
+        settings.isolation or policy.isolation,
+        settings.branch or policy.branch,
+        settings.remote or policy.remote,
+    )
     _ignore_state_dir(settings)
     _log_to_file(settings)
     if settings.features_file.exists():
@@ -161,7 +205,7 @@ def cmd_run(settings: Settings) -> int:
         settings, policy=policy, database_url=queue.db.url.render_as_string(hide_password=False)
     )
     runner = ClaudeRunner(cli_path=policy.cli_path, project_dir=settings.project_dir)
-    supervisor = Supervisor(queue, runner, settings, make_view())
+    supervisor = Supervisor(queue, runner, settings, make_view(), git=git)
     # Modules, mappers and compiled statements live as long as the process: keeping them out of
     # the collector's full scans shortens its pauses, which landed on dispatches (50-95 ms).
     gc.freeze()

@@ -49,7 +49,7 @@ _STATUS_COLUMNS = (
 RICH_TABLE_LIMIT = 500  # rich lays out ~1,500 rows a second: past this, plain aligned columns
 
 
-def print_status(report: StatusReport) -> None:
+def print_status(report: StatusReport, worktrees: dict[int, Path] | None = None) -> None:
     out = console()
     if not report.features:
         out.print("no features yet: run `agent-manager import --project-dir DIR`")
@@ -77,6 +77,12 @@ def print_status(report: StatusReport) -> None:
             table.add_row(*row[:3], f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]", *row[4:])
         out.print(table)
     out.print("  ".join(f"{status}: {n}" for status, n in sorted(report.counts.items())))
+    if worktrees:
+        names = {f.id: (f.name, f.status) for f in report.features}
+        out.print("worktrees kept (inspect them; `agent-manager clean` removes them):", markup=False)
+        for fid, path in sorted(worktrees.items()):
+            name, status = names.get(fid, ("?", "unknown"))
+            out.print(f"  #{fid} {name} ({status}): {path}", markup=False, highlight=False)
 
 
 def _print_plain_table(rows: list[tuple[str, ...]]) -> None:

@@ -161,6 +161,33 @@ class GitRepo:
             raise InputError(f"no branch {branch!r} in {self.root}: create it or name an existing branch")
         return proc.stdout.strip()
 
+    def remotes(self) -> list[str]:
+        return self.run("remote").split()
+
+    def resolve(self, ref: str) -> str:
+        """The commit ``ref`` (a full ref name or a commit) names; raises InputError when none."""
+        proc = self._git(("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"))
+        if proc.returncode != 0:
+            raise InputError(f"{ref} does not name a commit in {self.root}")
+        return proc.stdout.strip()
+
+    def fetch(self, remote: str, branch: str) -> str:
+        """Fetch ``branch`` from ``remote`` into refs/remotes/REMOTE/BRANCH; its head. Raises GitError."""
+        self.run("fetch", "--quiet", "--no-tags", remote, f"+refs/heads/{branch}:refs/remotes/{remote}/{branch}")
+        return self.resolve(f"refs/remotes/{remote}/{branch}")
+
+    def push(self, remote: str, branch: str, new: str, expected_old: str) -> bool:
+        """Move ``branch`` on ``remote`` from ``expected_old`` to ``new``, a compare-and-swap
+        (``--force-with-lease``); False when another host moved it first. Raises GitError otherwise."""
+        ref = f"refs/heads/{branch}"
+        proc = self._git(("push", "--quiet", "--porcelain", f"--force-with-lease={ref}:{expected_old}", remote,
+                          f"{new}:{ref}"))  # fmt: skip
+        if proc.returncode == 0:
+            return True
+        if self.fetch(remote, branch) != expected_old:
+            return False
+        raise GitError(f"git push {remote} {new}:{ref}", self.root, proc.stderr or proc.stdout, proc.returncode)
+
     def _has_branch(self, branch: str) -> bool:
         return self._ok("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}")
 
@@ -203,8 +230,9 @@ class GitRepo:
         """agent-manager's worktrees of this repository (features' and merges' in progress)."""
         return sorted(path for path in self._registered() if path.is_relative_to(self.worktrees_dir))
 
-    def worktree(self, feature_id: int, base: str) -> Path:
-        """The feature's worktree on its own branch, created from ``base``'s current head.
+    def worktree(self, feature_id: int, base: str, start: str | None = None) -> Path:
+        """The feature's worktree on its own branch, created from ``base``'s current head (or
+        the commit ``start``, such as a remote branch's fetched head).
 
         An existing worktree (a retry) is returned as it is, with the agent's work in it.
         Raises GitError or InputError when git cannot create it.
@@ -221,7 +249,7 @@ class GitRepo:
             # The worktree was removed but its branch kept the feature's commits: resume from them.
             self.run("worktree", "add", str(path), branch)
         else:
-            self.run("worktree", "add", "-b", branch, str(path), self.head(base))
+            self.run("worktree", "add", "-b", branch, str(path), start or self.head(base))
         return path
 
     def remove_worktree(self, feature_id: int) -> None:
@@ -230,6 +258,22 @@ class GitRepo:
         branch = feature_branch(feature_id)
         if self._has_branch(branch):
             self.run("branch", "-D", branch)
+
+    def clean(self, keep: Iterable[int] = ()) -> tuple[list[int], list[int]]:
+        """Remove every feature worktree and branch but those of ``keep``, and leftover merge worktrees.
+
+        Returns the feature ids removed and those kept."""
+        held = set(keep)
+        ids = {int(p.name.removeprefix("feature-")) for p in self.worktrees() if _feature_dir(p.name)}
+        branches = self.run("branch", "--list", f"{BRANCH_PREFIX}*", "--format=%(refname:short)").split()
+        ids |= {int(b.removeprefix(BRANCH_PREFIX)) for b in branches if b.removeprefix(BRANCH_PREFIX).isdigit()}
+        for path in self.worktrees():
+            if path.name.startswith("merge-"):
+                self._remove(path)
+        for fid in sorted(ids - held):
+            self.remove_worktree(fid)
+        self.run("worktree", "prune")
+        return sorted(ids - held), sorted(ids & held)
 
     def _remove(self, path: Path) -> None:
         if path in self._registered():
@@ -259,32 +303,38 @@ class GitRepo:
             self._identity = tuple(args)
         return self._identity
 
-    def commit_all(self, worktree: Path, message: str) -> str | None:
-        """Commit everything in ``worktree`` (new, changed, deleted files); None when nothing changed."""
-        self.run("add", "-A", cwd=worktree)
+    def commit_all(self, worktree: Path, message: str, exclude: Iterable[str] = ()) -> str | None:
+        """Commit everything in ``worktree`` (new, changed, deleted files) but the ``exclude``d paths;
+        None when nothing changed."""
+        self.run("add", "-A", "--", ".", *(f":(exclude,literal){path}" for path in exclude), cwd=worktree)
         if self._ok("diff", "--cached", "--quiet", cwd=worktree):
             return None
         self.run(*self._identity_args(), "commit", "--quiet", "-F", "-", cwd=worktree, stdin=message)
         return self.run("rev-parse", "HEAD", cwd=worktree)
 
     def squash_merge(
-        self, feature_id: int, branch: str, message: str, check: Callable[[Path], str | None] | None = None
+        self,
+        feature_id: int,
+        branch: str,
+        message: str,
+        check: Callable[[Path], str | None] | None = None,
+        base: str | None = None,
     ) -> MergeResult:
         """Build the feature's branch squashed onto ``branch``'s head as one commit; ``branch`` does not move.
 
         The merge happens in a scratch worktree, never in the root. ``check`` runs on the merged tree
         and returns None when it passes, else the failure text. A feature that changed nothing still
         gets its (empty) commit, so every passing feature has exactly one. Only committed work on the
-        feature branch is merged: call :meth:`commit_all` first. Raises GitError on anything but a
-        conflict.
+        feature branch is merged: call :meth:`commit_all` first. ``base``: build on this commit
+        instead (a remote branch's fetched head). Raises GitError on anything but a conflict.
         """
-        base = self.head(branch)
+        base = base or self.head(branch)
         scratch = self.worktrees_dir / f"merge-{feature_id}"
         self._remove(scratch)  # left over by a merge that was killed
         self._exclude_worktrees_dir()
         self.run("worktree", "add", "--detach", str(scratch), base)
         try:
-            merge = self._git(("merge", "--squash", feature_branch(feature_id)), cwd=scratch)
+            merge = self._git((*self._identity_args(), "merge", "--squash", feature_branch(feature_id)), cwd=scratch)
             if merge.returncode != 0:
                 unmerged = self.run("diff", "--name-only", "--diff-filter=U", "-z", cwd=scratch).split("\0")
                 conflicts = tuple(path for path in unmerged if path)
@@ -303,7 +353,51 @@ class GitRepo:
         finally:
             self._remove(scratch)
 
-    def _checked_out_at(self, branch: str) -> Path | None:
+    def is_ancestor(self, commit: str, ref: str) -> bool:
+        """Whether ``commit`` is on ``ref`` (a full ref name or a commit; False for an unknown commit)."""
+        return self._ok("merge-base", "--is-ancestor", commit, ref)
+
+    def merge_into(self, worktree: Path, ref: str) -> tuple[str, ...]:
+        """Merge ``ref`` (a full ref name) into the feature worktree without committing, for the agent to repair.
+
+        Returns the conflicted paths (their files now hold conflict markers); () when the merge
+        applied cleanly (it stays uncommitted: the next :meth:`commit_all` concludes it).
+        """
+        proc = self._git((*self._identity_args(), "merge", "--no-ff", "--no-commit", ref), worktree)
+        conflicts = self.unmerged(worktree)
+        if proc.returncode != 0 and not conflicts and "Already up to date" not in proc.stdout:
+            raise GitError(f"git merge --no-commit {ref}", worktree, proc.stderr or proc.stdout, proc.returncode)
+        return conflicts
+
+    def unmerged(self, worktree: Path) -> tuple[str, ...]:
+        """Paths with unresolved merge entries in ``worktree``'s index."""
+        listed = self.run("diff", "--name-only", "--diff-filter=U", "-z", cwd=worktree).split("\0")
+        return tuple(sorted({path for path in listed if path}))
+
+    def commit_paths(self, paths: Sequence[str], message: str, cwd: Path | None = None) -> str:
+        """Commit exactly ``paths`` (as they are on disk) onto HEAD of ``cwd``, whatever else is
+        staged or modified there; with no paths, an empty commit. Returns the new commit."""
+        where = cwd or self.root
+        present = [p for p in paths if (where / p).exists() or self.run("ls-files", "--", p, cwd=where)]
+        if present:
+            self.run("add", "-A", "--", *present, cwd=where)
+            self.run(*self._identity_args(), "commit", "--quiet", "--allow-empty", "-F", "-", "--", *present,
+                     cwd=where, stdin=message)  # fmt: skip
+            return self.run("rev-parse", "HEAD", cwd=where)
+        # An empty commit that leaves the user's index alone (`git commit` without paths would take it).
+        parent = self._git(("rev-parse", "--verify", "--quiet", "HEAD^{commit}"), where).stdout.strip()
+        tree = (
+            self.run("rev-parse", f"{parent}^{{tree}}", cwd=where)
+            if parent
+            else self.run("hash-object", "-t", "tree", "-w", "--stdin", cwd=where, stdin="")
+        )
+        commit = self.run(*self._identity_args(), "commit-tree", tree, *(("-p", parent) if parent else ()), "-F", "-",
+                          cwd=where, stdin=message)  # fmt: skip
+        self.run("update-ref", "-m", "agent-manager: commit", "HEAD", commit, parent or "0" * 40, cwd=where)
+        return commit
+
+    def checkout_of(self, branch: str) -> Path | None:
+        """The work tree that has ``branch`` checked out, if any."""
         ref = f"refs/heads/{branch}"
         return next((path for path, head in self._registered().items() if head == ref), None)
 
@@ -315,7 +409,7 @@ class GitRepo:
         DirtyCheckoutError when that checkout has modified tracked files, GitError when git refuses
         (for example an untracked file the fast-forward would overwrite).
         """
-        checkout = self._checked_out_at(branch)
+        checkout = self.checkout_of(branch)
         if checkout is None:
             ref = f"refs/heads/{branch}"
             proc = self._git(("update-ref", "-m", f"agent-manager: advance {branch}", ref, new, expected_old))
@@ -337,3 +431,7 @@ class GitRepo:
         # `merge --ff-only` takes no expected old value: if another writer moved the branch past `new`
         # after the check above, it succeeds without moving anything.
         return self.head(branch) == new
+
+
+def _feature_dir(name: str) -> bool:
+    return name.startswith("feature-") and name.removeprefix("feature-").isdigit()

@@ -161,6 +161,8 @@ def summary_lines(summary: RunSummary) -> list[str]:
         lines.append(f"  {model}: ${cost:.4f}, {tin} input / {tout} output tokens")
     total = sum(summary.cost_by_model.values())
     lines.append(f"  cost ${total:.4f}" + (f" of a ${summary.budget_usd:.2f} budget" if summary.budget_usd else ""))
+    if summary.git:
+        lines.append(f"  git: {summary.git}")
     if summary.stop_reason:
         lines.append(f"  stopped: {summary.stop_reason}")
     return lines

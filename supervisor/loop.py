@@ -1,13 +1,15 @@
 """The supervisor loop: keep up to N agent sessions busy on ready features until none remain.
 
 Its rooms: ``budget`` (what the run may spend), ``throttle`` (rate limits and outages),
-``verdict`` (how an attempt ends), ``view`` (what the run shows, and to whom).
+``verdict`` (how an attempt ends), ``integration`` (worktrees, the merge queue, commits),
+``view`` (what the run shows, and to whom).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -26,7 +28,9 @@ from supervisor import verdict as verdicts
 from supervisor.budget import Budget
 from supervisor.cli_state import feature_config_dir
 from supervisor.config import Settings
-from supervisor.prompts import retry_prompt, task_prompt
+from supervisor.gitrepo import commit_message
+from supervisor.integration import GitPlan, Integration, Landing, SetupFailed
+from supervisor.prompts import repair_prompt, retry_prompt, task_prompt
 from supervisor.runner import ActivityEvent, AgentOutcome, AgentRunner, AgentTask, Ending, Spend, WriteDecision
 from supervisor.sandbox import GIT_WRITES, denied_command
 from supervisor.throttle import Throttle
@@ -45,6 +49,10 @@ DOING = {
     "turn": "turn finished",
     "rate_limit": "rate limit {detail}",
     "api_retry": "API: retrying ({detail})",
+    "verify": "verifying",
+    "merge_wait": "waiting for the merge queue",
+    "merge": "merging",
+    "setup": "preparing its worktree",
 }
 
 
@@ -55,7 +63,14 @@ class Supervisor:
     ``limit``, ``paused_until``, ``status_report()``.
     """
 
-    def __init__(self, queue: FeatureQueue, runner: AgentRunner, settings: Settings, view: SupervisorView) -> None:
+    def __init__(
+        self,
+        queue: FeatureQueue,
+        runner: AgentRunner,
+        settings: Settings,
+        view: SupervisorView,
+        git: GitPlan | None = None,
+    ) -> None:
         self.queue = queue
         self.runner = runner
         self.settings = settings
@@ -65,6 +80,17 @@ class Supervisor:
         self.budget = Budget(settings, self.agents, view.note)
         self.throttle = Throttle(settings, view, self._fail, lambda: self._fatal is not None)
         self.given_back = verdicts.GiveBacks(settings.policy.max_attempts)
+        policy = settings.policy
+        self.git = Integration(
+            git or GitPlan("off"),
+            queue,
+            self.owner,
+            lease_seconds=settings.lease_seconds,
+            setup=policy.worktree_setup,
+            copy=policy.worktree_copy,
+            gate=policy.gate,
+            timeout_s=policy.gate_timeout_seconds,
+        )
         self._db = self.throttle.database
         self._tasks: dict[int, asyncio.Task] = {}
         self._wake = asyncio.Event()
@@ -166,7 +192,7 @@ class Supervisor:
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 
     def _start(self, claim: ClaimedFeature) -> None:
-        task = asyncio.create_task(self._agent(claim), name=f"feature-{claim.id}")
+        task = asyncio.create_task(self._guarded(claim), name=f"feature-{claim.id}")
         self._tasks[claim.id] = task
 
         def done(_: asyncio.Task) -> None:
@@ -177,6 +203,19 @@ class Supervisor:
         task.add_done_callback(done)
 
     # -- one agent --------------------------------------------------------------------
+
+    async def _guarded(self, claim: ClaimedFeature) -> None:
+        """One agent, and a failure of the supervisor's own (git refusing, a bug) that stops the run
+        rather than leave the feature claimed by a supervisor that waits for it forever."""
+        try:
+            await self._agent(claim)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("feature %s failed in the supervisor", claim.id)
+            message = exc.message if isinstance(exc, AgentManagerError) else f"{type(exc).__name__}: {exc}"
+            self._fail(f"feature #{claim.id}: {message.splitlines()[0] if message else 'internal error'}", 2)
+            await self._release(claim, Verdict(Status.PENDING, message, count_attempt=False))
 
     async def _agent(self, claim: ClaimedFeature) -> None:
         cap, cap_source = self.budget.session_cap(claim)
@@ -198,14 +237,52 @@ class Supervisor:
         state = AgentState(claim, model, run.attempt, budget_source=cap_source)
         self.agents[claim.id] = state
         self.view.started(state)
-        task = self._task(claim, feature, model, transcript, run, previous, budget=cap)
+        workdir = await self._workspace(claim, state, run, previous)
+        if workdir is None:
+            return
+        task = self._task(claim, feature, model, transcript, run, previous, budget=cap, cwd=workdir)
         outcome = await self._run_session(claim, state, task)
         if task.resume_session_id and "No conversation found" in outcome.message:
             # The old session is gone (another host, cleaned state): start afresh with the feedback.
-            task = self._task(claim, feature, model, transcript, run, previous, resume=False, budget=cap)
+            task = self._task(claim, feature, model, transcript, run, previous, resume=False, budget=cap, cwd=workdir)
             outcome = await self._run_session(claim, state, task)
         self.budget.account(state, outcome)
-        await self._conclude(claim, state, run, outcome)
+        await self._conclude(claim, state, run, outcome, task, feature)
+
+    async def _workspace(
+        self, claim: ClaimedFeature, state: AgentState, run: RunRecord, previous: list[RunRecord]
+    ) -> Path | None:
+        """Where the attempt works: the project, or in worktree mode the feature's own worktree.
+        None when the attempt is already over (merged by an earlier supervisor, or its setup failed)."""
+        if not self.git.isolated:
+            return self.settings.project_dir
+        merged = await self.git.merged_earlier(previous)
+        if merged is not None:
+            # A supervisor merged it and died before recording it: finish the job, run nothing.
+            notes = f"merged as {merged[:12]} on {self.git.branch} (recorded after its supervisor stopped)"
+            done = Verdict(Status.PASSING, notes, model=state.model)
+            await self._finish(claim, state, run, done, AgentOutcome(Ending.COMPLETED), commit=merged, learn=False)
+            await self.git.discard(claim.id)
+            return None
+        self._show(state, "setup")
+        try:
+            return await self.git.workspace(claim.id)
+        except SetupFailed as exc:
+            # The project's set-up, not the agent, failed: no attempt is spent, but a feature whose
+            # set-up keeps failing stops being handed out (GiveBacks).
+            self.view.note(f"feature #{claim.id}: {exc.message.splitlines()[0]}")
+            back = self.given_back.count(
+                claim.id, Verdict(Status.PENDING, exc.message, count_attempt=False), AgentOutcome(Ending.COMPLETED)
+            )
+            if back.status is Status.FAILED:
+                back = dataclasses.replace(back, give_up=True)  # set-up, not the agent: failed, not retried
+            ended = AgentOutcome(Ending.WORKSPACE_ERROR, exc.message)
+            await self._finish(claim, state, run, back, ended, learn=False)
+            return None
+
+    def _show(self, state: AgentState, kind: str) -> None:
+        state.doing = DOING[kind]
+        self.view.activity(state, ActivityEvent(state.claim.id, kind))
 
     def _transcript(self, feature_id: int, attempt: int) -> Path:
         return self.settings.logs_dir / f"feature-{feature_id}-attempt-{attempt}.jsonl"
@@ -228,6 +305,7 @@ class Supervisor:
         previous: list[RunRecord],
         resume: bool = True,
         budget: float | None = None,
+        cwd: Path | None = None,
     ) -> AgentTask:
         policy = self.settings.policy
         last = previous[-1] if previous else None
@@ -240,6 +318,7 @@ class Supervisor:
             input_tokens=sum(r.input_tokens or 0 for r in same_session),
             output_tokens=sum(r.output_tokens or 0 for r in same_session),
         )
+        workdir = cwd or self.settings.project_dir
         env = {"CLAUDE_CONFIG_DIR": str(feature_config_dir(self.settings.state_dir, claim.id))}
         env |= self.throttle.session_env()
 
@@ -249,7 +328,7 @@ class Supervisor:
 
         async def guard_write(path: str) -> WriteDecision:
             try:
-                lock = await asyncio.to_thread(self.queue.claim_file, path, claim.agent_id, claim.id)
+                lock = await asyncio.to_thread(self.queue.claim_file, path, claim.agent_id, claim.id, root=workdir)
             except PathOutsideProjectError as exc:
                 return WriteDecision(False, f"{exc.message}: agents may only write inside the project")
             except AgentManagerError as exc:
@@ -280,9 +359,9 @@ class Supervisor:
             agent_id=claim.agent_id,
             model=model,
             prompt=prompt,
-            cwd=self.settings.project_dir,
+            cwd=workdir,
             transcript_path=transcript,
-            identity=self.settings.identity(claim.agent_id, claim.id),
+            identity=self.settings.identity(claim.agent_id, claim.id, work_dir=cwd),
             max_turns=policy.max_turns,
             timeout_s=policy.timeout_for(model),
             stall_s=policy.stall_seconds,
@@ -317,18 +396,54 @@ class Supervisor:
             log.exception("runner failed on feature %s", claim.id)
             return AgentOutcome(Ending.AGENT_ERROR, f"runner error: {exc}")
 
-    async def _conclude(self, claim: ClaimedFeature, state: AgentState, run: RunRecord, outcome: AgentOutcome) -> None:
+    async def _conclude(
+        self,
+        claim: ClaimedFeature,
+        state: AgentState,
+        run: RunRecord,
+        outcome: AgentOutcome,
+        task: AgentTask,
+        feature: FeatureContext,
+    ) -> None:
         record = await self._db(self.queue.run, run.id)
         verdict = verdicts.judge(outcome, record, outcome.model or state.model, state.budget_source)
         if verdicts.stopped_by_run_budget(outcome, record, state.budget_source):
             self.budget.stop_for_run_cap()
-        if verdict.status is Status.PASSING and claim.verify:
-            state.doing = "verifying"
-            self.view.activity(state, ActivityEvent(claim.id, "verify"))
-            policy = self.settings.policy
-            check = await run_verify(claim.verify, self.settings.project_dir, policy.verify_timeout_seconds)
-            verdict, outcome = verdicts.verified(verdict, outcome, claim.verify, check)
+        verdict, outcome = await self._verify(claim, state, task.cwd, verdict, outcome)
+        commit = None
+        if verdict.status is Status.PASSING and self.git.isolated:
+            verdict, outcome, commit = await self._land(claim, state, run, task, feature, verdict, outcome)
+        elif verdict.status is Status.PASSING and self.git.plan.mode == "shared":
+            verdict, commit = await self._commit_shared(claim, state, run, verdict, outcome)
         verdict = self.given_back.count(claim.id, verdict, outcome)
+        await self._finish(claim, state, run, verdict, outcome, commit=commit)
+        if commit is not None and self.git.isolated:
+            await self.git.discard(claim.id)
+
+    async def _verify(
+        self, claim: ClaimedFeature, state: AgentState, cwd: Path, verdict: Verdict, outcome: AgentOutcome
+    ) -> tuple[Verdict, AgentOutcome]:
+        """A passing verdict stands only if the feature's verify command exits 0 where the agent worked."""
+        if verdict.status is not Status.PASSING or not claim.verify:
+            return verdict, outcome
+        self._show(state, "verify")
+        check = await run_verify(claim.verify, cwd, self.settings.policy.verify_timeout_seconds)
+        return verdicts.verified(verdict, outcome, claim.verify, check)
+
+    async def _finish(
+        self,
+        claim: ClaimedFeature,
+        state: AgentState,
+        run: RunRecord,
+        verdict: Verdict,
+        outcome: AgentOutcome,
+        commit: str | None = None,
+        learn: bool = True,
+    ) -> None:
+        """Record the attempt and release the feature; ``learn``: the throttle hears how a session ended."""
+        record = await self._db(self.queue.run, run.id)
+        if commit is not None and record.commit_sha != commit:
+            await self._db(self.queue.set_run_commit, run.id, commit)
         lost = claim.id in self._lost
         # One transaction: the run's record, the verdict and the agent's locks land together.
         result = await self._db(
@@ -343,8 +458,100 @@ class Supervisor:
             why = "lease lost; another supervisor owns it now"
             self.view.finished(state, "lost", why if lost else f"result discarded: {why}")
             return
-        self.throttle.after(outcome, state.started)
+        if learn:
+            self.throttle.after(outcome, state.started)
         self.view.finished(state, verdicts.shown(verdict, result.status), verdict.notes)
+
+    # -- landing on git ---------------------------------------------------------------------
+
+    def _commit_message(self, claim: ClaimedFeature, run: RunRecord, verdict: Verdict, outcome: AgentOutcome) -> str:
+        return commit_message(claim.name, claim.id, run.attempt, verdict.model or "unknown", outcome.cost_usd)
+
+    async def _land(
+        self,
+        claim: ClaimedFeature,
+        state: AgentState,
+        run: RunRecord,
+        task: AgentTask,
+        feature: FeatureContext,
+        verdict: Verdict,
+        outcome: AgentOutcome,
+    ) -> tuple[Verdict, AgentOutcome, str | None]:
+        """Worktree mode: merge the verified feature through the merge queue. A conflict or a failed
+        check on the merged tree resumes the agent's session to repair it, up to merge_repairs times."""
+        repairs = 0
+        while True:
+            self._show(state, "merge")
+            message = self._commit_message(claim, run, verdict, outcome)
+            async with self.git.merge_turn(lambda: self._show(state, "merge_wait")):
+                self._show(state, "merge")
+                landing = await self.git.land(claim.id, task.cwd, message, claim.verify, run.id)
+            if landing.commit is not None:
+                self.git.repaired += 1 if repairs else 0
+                notes = f"{verdict.notes}\n\nmerged as {landing.commit[:12]} on {self.git.branch}".strip()
+                return dataclasses.replace(verdict, notes=notes), outcome, landing.commit
+            if landing.blocked is not None:
+                self._fail(f"feature #{claim.id} cannot land on {self.git.branch}: {landing.blocked}", 2)
+                return Verdict(Status.PENDING, landing.blocked, verdict.cost_usd, verdict.model, False), outcome, None
+            problem = _landing_problem(landing, self.git.branch)
+            if repairs >= self.settings.policy.merge_repairs:
+                tried = f" after {repairs} repair session(s)" if repairs else ""
+                notes = f"{problem}{tried}\n\nThe agent's notes: {verdict.notes}".strip()
+                failed = dataclasses.replace(verdict, status=Status.FAILED, notes=notes)
+                return failed, dataclasses.replace(outcome, message=problem), None
+            repairs += 1
+            self.git.repairs += 1
+            conflicts = landing.unresolved or await self.git.reopen(task.cwd)
+            self.view.note(f"feature #{claim.id}: {problem.splitlines()[0]}; resuming its session to repair it")
+            prompt = repair_prompt(feature, self.git.branch, conflicts, landing.check_failed, bool(landing.unresolved))
+            await self._db(self.queue.reopen_run, run.id)
+            outcome = await self._repair(claim, state, task, outcome, prompt)
+            record = await self._db(self.queue.run, run.id)
+            verdict = verdicts.judge(outcome, record, outcome.model or state.model, state.budget_source)
+            verdict, outcome = await self._verify(claim, state, task.cwd, verdict, outcome)
+            if verdict.status is not Status.PASSING:
+                return verdict, outcome, None
+
+    async def _repair(
+        self, claim: ClaimedFeature, state: AgentState, task: AgentTask, before: AgentOutcome, prompt: str
+    ) -> AgentOutcome:
+        """Resume the attempt's session with ``prompt``; the outcome is the whole attempt's."""
+        session = before.session_id
+        spent = task.resumed_spend if session == task.resume_session_id else Spend()
+        resumed = Spend(
+            spent.cost_usd + before.cost_usd,
+            spent.input_tokens + before.input_tokens,
+            spent.output_tokens + before.output_tokens,
+        )
+        cap = task.max_budget_usd
+        repair = dataclasses.replace(
+            task,
+            prompt=prompt if session else f"{task.prompt}\n\n{prompt}",
+            resume_session_id=session,
+            resumed_spend=resumed if session else Spend(),
+            max_budget_usd=None if cap is None else max(cap - before.cost_usd, 0.01),
+        )
+        since = time.monotonic()
+        state.turns, state.cost_usd, state.cost_estimate = 0, 0.0, None  # the live view shows this session's
+        state.input_tokens = state.output_tokens = 0
+        after = await self._run_session(claim, state, repair)
+        self.budget.account(state, after, since=since)
+        return _combined(before, after)
+
+    async def _commit_shared(
+        self, claim: ClaimedFeature, state: AgentState, run: RunRecord, verdict: Verdict, outcome: AgentOutcome
+    ) -> tuple[Verdict, str | None]:
+        """Shared mode in git: commit the files this feature's agent wrote, one commit per feature."""
+        paths = await self._db(self.queue.written_paths, run.id)
+        message = self._commit_message(claim, run, verdict, outcome)
+        async with self.git.merge_turn(lambda: self._show(state, "merge_wait")):
+            try:
+                commit = await self.git.commit_shared(paths, message, self.settings.project_dir)
+            except AgentManagerError as exc:
+                self.view.note(f"feature #{claim.id}: passing but not committed: {exc.message}")
+                return verdict, None
+        notes = f"{verdict.notes}\n\ncommitted as {commit[:12]} ({len(paths)} file(s))".strip()
+        return dataclasses.replace(verdict, notes=notes), commit
 
     async def _release(self, claim: ClaimedFeature, verdict: Verdict) -> None:
         try:
@@ -378,6 +585,8 @@ class Supervisor:
 
     async def _heartbeat(self) -> None:
         held = {fid: state.claim.lease_token for fid, state in self.agents.items()}
+        with contextlib.suppress(AgentManagerError):
+            await asyncio.to_thread(self.git.renew)
         try:
             result = await asyncio.to_thread(self.queue.heartbeat, self.owner, held)
         except AgentManagerError as exc:
@@ -445,4 +654,27 @@ class Supervisor:
             stop_reason=self._fatal[0] if self._fatal else self.budget.summary_note(counts),
             exit_code=code,
             budget_usd=self.settings.max_cost_usd,
+            git=self.git.summary(),
         )
+
+
+def _landing_problem(landing: Landing, branch: str) -> str:
+    if landing.unresolved:
+        return f"conflict markers left in {', '.join(landing.unresolved)}"
+    if landing.conflicts:
+        return f"merge conflict with {branch} in {', '.join(landing.conflicts)}"
+    return landing.check_failed or "the merge failed"
+
+
+def _combined(first: AgentOutcome, then: AgentOutcome) -> AgentOutcome:
+    """Two sessions of one attempt as one outcome: how the last ended, what both spent."""
+    return dataclasses.replace(
+        then,
+        session_id=then.session_id or first.session_id,
+        num_turns=first.num_turns + then.num_turns,
+        input_tokens=first.input_tokens + then.input_tokens,
+        output_tokens=first.output_tokens + then.output_tokens,
+        cost_usd=first.cost_usd + then.cost_usd,
+        model=then.model or first.model,
+        reminders_sent=first.reminders_sent + then.reminders_sent,
+    )

@@ -55,3 +55,33 @@ def retry_prompt(feature: FeatureContext, feedback: str) -> str:
         f"Your previous attempt at feature #{feature.id} ({feature.name}) did not pass:\n{feedback}\n\n"
         f"Fix it, then call feature_release with feature_id={feature.id} again."
     )
+
+
+def repair_prompt(
+    feature: FeatureContext, branch: str, conflicts: tuple[str, ...], check_failed: str | None, unresolved: bool
+) -> str:
+    """Sent when a feature that passed in its worktree does not land on the integration branch."""
+    if conflicts:
+        files = "\n".join(f"- {name}" for name in conflicts)
+        what = (
+            f"still has git conflict markers in:\n{files}"
+            if unresolved
+            else f"conflicts with work merged on {branch} since you started. The integration branch is now "
+            f"merged into your working directory; these files hold git conflict markers "
+            f"(<<<<<<<, =======, >>>>>>>):\n{files}"
+        )
+        todo = (
+            "Resolve every conflict so that both your feature and the other work hold, remove all the "
+            "markers, and check that your acceptance steps still pass."
+        )
+    else:
+        what = (
+            f"merged cleanly with {branch}, but the check on the merged tree failed:\n{check_failed}\n\n"
+            f"Your working directory now holds the merged code."
+        )
+        todo = "Find out why the merged code fails and fix it, keeping both your feature and the other work."
+    return (
+        f"Your feature #{feature.id} ({feature.name}) {what}\n\n{todo} Do not run git commands that commit or "
+        f"switch branches: agent-manager commits and merges for you. Then call feature_release with "
+        f"feature_id={feature.id} and status passing again (or failed if you cannot)."
+    )

@@ -22,6 +22,7 @@ from supervisor.sandbox import DEFAULT_BASH_DENY
 DEFAULT_MODELS = {"testing": "haiku", "documentation": "haiku"}
 MCP_TRANSPORTS = ("in-process", "stdio")
 DEFAULT_TIMEOUTS = {"haiku": 600.0, "sonnet": 1800.0, "opus": 3600.0}
+ISOLATIONS = ("worktree", "shared")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,15 @@ class AgentPolicy:
     bash_deny: tuple[str, ...] = DEFAULT_BASH_DENY  # command prefixes the agents' Bash tool refuses
     mcp_server: str = "in-process"  # or "stdio": a `python -m mcp_server` process per session
     cli_path: str | None = None  # the `claude` executable; default: the one bundled with claude-agent-sdk
+    # Git (see supervisor.integration); --isolation and --branch override the first two.
+    isolation: str | None = None  # "worktree" or "shared"; default: worktree in a git repository with a commit
+    branch: str | None = None  # the integration branch; default: the one checked out in the project
+    remote: str | None = None  # a git remote holding the integration branch, shared by several hosts
+    worktree_setup: str | None = None  # shell command run in each new worktree before its agent starts
+    worktree_copy: tuple[str, ...] = ()  # globs of untracked files copied into each new worktree (.env)
+    gate: str | None = None  # project-wide check run on every merged tree before the branch moves
+    merge_repairs: int = 2  # sessions resumed to repair a conflict or a failed gate, per attempt
+    gate_timeout_seconds: float = 1800.0  # for gate and worktree_setup
 
     def model_for(self, category: str, override: str | None = None) -> str:
         """The feature's own ``model`` wins, then its category's, then the default."""
@@ -53,8 +63,15 @@ class AgentPolicy:
         return self.timeouts.get(model) or self.timeouts.get(family or "", self.timeouts.get("sonnet", 1800.0))
 
 
-_INTEGERS = {"max_turns": (1, 10_000), "max_attempts": (1, MAX_ATTEMPTS_LIMIT), "reminders": (0, 20)}
-_TABLES = ("models", "timeouts", "bash_deny", "mcp_server", "cli_path")  # settings with their own checks
+_INTEGERS = {
+    "max_turns": (1, 10_000),
+    "max_attempts": (1, MAX_ATTEMPTS_LIMIT),
+    "reminders": (0, 20),
+    "merge_repairs": (0, 10),
+}
+_COMMANDS = ("branch", "remote", "worktree_setup", "gate")  # non-empty strings
+# Settings with their own checks.
+_TABLES = ("models", "timeouts", "bash_deny", "mcp_server", "cli_path", "isolation", "worktree_copy", *_COMMANDS)
 _SCALARS = {f.name: f.type for f in dataclasses.fields(AgentPolicy) if f.name not in _TABLES}
 
 
@@ -100,6 +117,16 @@ def policy_from_mapping(data: Mapping[str, Any], source: str) -> AgentPolicy:
             if value not in MCP_TRANSPORTS:
                 raise InputError(f'{source}: mcp_server must be "in-process" or "stdio", got {value!r}')
             values["mcp_server"] = value
+        elif name == "isolation":
+            if value not in ISOLATIONS:
+                raise InputError(f'{source}: isolation must be "worktree" or "shared", got {value!r}')
+            values["isolation"] = value
+        elif name in _COMMANDS:
+            if not isinstance(value, str) or not value.strip():
+                raise InputError(f"{source}: {name} must be a non-empty string, got {value!r}")
+            values[name] = value
+        elif name == "worktree_copy":
+            values["worktree_copy"] = _relative_globs(value, source)
         elif name == "cli_path":
             if not isinstance(value, str) or not value.strip():
                 raise InputError(f"{source}: cli_path must be the path of a claude executable, got {value!r}")
@@ -116,6 +143,15 @@ def policy_from_mapping(data: Mapping[str, Any], source: str) -> AgentPolicy:
             f"backoff_initial_seconds ({policy.backoff_initial_seconds:g})"
         )
     return policy
+
+
+def _relative_globs(value: Any, source: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise InputError(f'{source}: worktree_copy must be a list of paths or globs such as ".env"')
+    for pattern in value:
+        if pattern.startswith("/") or ".." in Path(pattern).parts:
+            raise InputError(f"{source}: worktree_copy entries must be relative to the project, got {pattern!r}")
+    return tuple(value)
 
 
 def _models(value: Any, source: str) -> dict[str, str]:

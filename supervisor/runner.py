@@ -26,6 +26,7 @@ class Ending(enum.StrEnum):
     AUTH_ERROR = "auth_error"  # 401/403: the whole supervisor must stop
     API_UNAVAILABLE = "api_unavailable"  # 429, 5xx, 529, connection errors: pause and retry later
     SETUP_ERROR = "setup_error"  # the CLI is missing or cannot start
+    WORKSPACE_ERROR = "workspace_error"  # the feature's worktree could not be made ready: no session ran
 
 
 INFRASTRUCTURE = frozenset({Ending.INTERRUPTED, Ending.AUTH_ERROR, Ending.API_UNAVAILABLE, Ending.SETUP_ERROR})

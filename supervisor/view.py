@@ -74,6 +74,7 @@ class RunSummary:
     stop_reason: str | None
     exit_code: int
     budget_usd: float | None = None
+    git: str | None = None  # what landed in git, one line (None outside git)
 
 
 class RunState(Protocol):

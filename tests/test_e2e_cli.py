@@ -86,14 +86,20 @@ def test_agents_build_a_feature_dag_in_dependency_order(make_run: Callable[..., 
     assert "passing: 7, failed: 0, blocked: 0" in done.stdout
     queue = run.queue()
     assert queue.file_locks() == []
-    # The queue, logs and CLI state stay out of the user's git status.
-    untracked = subprocess.run(
-        ["git", "-C", str(run.project), "status", "--porcelain", "--untracked-files=all"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "schema.txt" in untracked and ".agent-manager" not in untracked
+
+    # A repository without a commit runs in shared mode: each passing feature is committed with the
+    # files its agent wrote; the queue, logs and CLI state stay out of the user's git status.
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(run.project), *args], capture_output=True, text=True, check=True).stdout
+
+    assert git("status", "--porcelain", "--untracked-files=all").splitlines() == ["?? features.json"]
+    subjects = git("log", "--format=%s").split()
+    assert sorted(subjects) == sorted(f["name"] for f in APP)
+    for feature in report["features"]:
+        sha = git("log", "--format=%H", f"--grep=^Agent-Manager-Feature-Id: {feature['id']}$").split()
+        assert len(sha) == 1, feature
+        assert git("show", "--format=", "--name-only", sha[0]).split() == [f"{feature['name']}.txt"]
+    assert "committed 7 feature(s) in the shared tree" in done.stdout
     # A transcript per attempt, with the stream of messages.
     for feature in report["features"]:
         transcript = run.project / ".agent-manager" / "logs" / f"feature-{feature['id']}-attempt-1.jsonl"

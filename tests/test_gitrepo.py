@@ -253,3 +253,104 @@ def test_commits_without_a_configured_identity_are_signed_by_the_supervisor(tmp_
     assert git(repo.root, "log", "-1", "--format=%cn", result.commit or "") == "agent-manager"
     with pytest.raises(GitError, match=r"^`git checkout no-such-branch` failed in .*: error: pathspec"):
         repo.run("checkout", "no-such-branch")
+
+
+def test_commit_paths_commits_exactly_the_given_files_and_leaves_the_rest_as_it_was(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "project")
+    root = repo.root
+    (root / "README").write_text("the user's own edit\n")  # modified, not the feature's
+    (root / "mine.txt").write_text("new\n")
+    edit_line(root, 3, "changed by the feature")
+    (root / "other.txt").write_text("the user's staged file\n")
+    git(root, "add", "other.txt")
+
+    commit = repo.commit_paths(["mine.txt", "lines.txt"], message(7, "Mine"))
+
+    assert git(root, "show", "--format=", "--name-only", commit).split() == ["lines.txt", "mine.txt"]
+    assert git(root, "log", "-1", "--format=%s", commit) == "Mine"
+    # The user's modified and staged files are untouched, still modified and still staged.
+    assert git(root, "status", "--porcelain", "--", "README", "other.txt").splitlines() == [" M README", "A  other.txt"]
+
+    empty = repo.commit_paths([], message(8, "Nothing written"))
+    assert git(root, "show", "--format=", "--name-only", empty) == ""
+    assert git(root, "rev-parse", "HEAD") == empty and git(root, "rev-parse", "HEAD~1") == commit
+    assert git(root, "status", "--porcelain", "--", "other.txt") == "A  other.txt"
+
+
+def test_commit_paths_makes_the_first_commit_of_an_empty_repository(tmp_path: Path) -> None:
+    root = tmp_path / "fresh"
+    root.mkdir()
+    git(root, "init", "--quiet", "--initial-branch=main")
+    (root / "a.txt").write_text("a\n")
+    repo = GitRepo(root)
+
+    first = repo.commit_paths(["a.txt"], message(1))
+    second = repo.commit_paths([], message(2))
+
+    assert git(root, "rev-list", "main").split() == [second, first]
+
+
+def test_merge_into_leaves_conflict_markers_for_the_agent_and_is_then_committed_as_a_merge(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "project")
+    worktree = repo.worktree(1, "main")
+    edit_line(worktree, 5, "line 5 by the feature")
+    repo.commit_all(worktree, message(1))
+    edit_line(repo.root, 5, "line 5 on main")
+    git(repo.root, "-c", "user.name=O", "-c", "user.email=o@x", "commit", "-qam", "main moves")
+
+    assert repo.merge_into(worktree, "refs/heads/main") == ("lines.txt",)
+    assert "<<<<<<< " in (worktree / "lines.txt").read_text()
+    assert repo.unmerged(worktree) == ("lines.txt",)
+
+    edit_line(worktree, 5, "line 5 by both")
+    (worktree / "lines.txt").write_text(
+        "".join(line for line in (worktree / "lines.txt").read_text().splitlines(keepends=True) if line[:7] not in
+                ("<<<<<<<", "=======", ">>>>>>>") and "line 5 on main" not in line and "by the feature" not in line)
+    )  # fmt: skip
+    repo.commit_all(worktree, message(1))
+    assert repo.unmerged(worktree) == ()
+    assert repo.is_ancestor(repo.head("main"), f"refs/heads/{feature_branch(1)}")
+    merged = repo.squash_merge(1, "main", message(1))
+    assert merged.commit is not None and not merged.conflicts
+    assert repo.merge_into(worktree, "refs/heads/main") == ()  # already contains main: nothing to do
+
+
+def test_clean_removes_feature_worktrees_and_branches_except_the_running_ones(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "project")
+    for fid in (1, 2, 3):
+        repo.worktree(fid, "main")
+    repo.remove_worktree(3)
+    git(repo.root, "branch", feature_branch(4), "main")  # a branch whose worktree was deleted by hand
+
+    removed, kept = repo.clean(keep={2})
+
+    assert (removed, kept) == ([1, 4], [2])
+    assert repo.worktrees() == [repo.worktree_path(2)]
+    assert git(repo.root, "branch", "--list", "agent-manager/*", "--format=%(refname:short)") == feature_branch(2)
+
+
+def test_push_is_a_compare_and_swap_on_the_remote_branch(tmp_path: Path) -> None:
+    seed = make_repo(tmp_path / "seed")
+    bare = tmp_path / "shared.git"
+    git(tmp_path, "clone", "-q", "--bare", str(seed.root), str(bare))
+    clones = []
+    for name in ("a", "b"):
+        git(tmp_path, "clone", "-q", str(bare), name)
+        clones.append(GitRepo(tmp_path / name))
+    a, b = clones
+    base = a.fetch("origin", "main")
+    assert b.fetch("origin", "main") == base
+
+    def commit_on(repo: GitRepo, parent: str, text: str) -> str:
+        tree = repo.run("rev-parse", f"{parent}^{{tree}}")
+        return repo.run("-c", "user.name=O", "-c", "user.email=o@x", "commit-tree", tree, "-p", parent, "-m", text)
+
+    first = commit_on(a, base, "from a")
+    assert a.push("origin", "main", first, base)
+    stale = commit_on(b, base, "from b")
+    assert not b.push("origin", "main", stale, base)  # a moved it first: refused, not overwritten
+    assert git(bare, "rev-parse", "main") == first
+    assert b.fetch("origin", "main") == first  # push() fetched: b sees the new head
+    rebuilt = commit_on(b, first, "from b, again")
+    assert b.push("origin", "main", rebuilt, first)
+    assert git(bare, "rev-list", "main").split() == [rebuilt, first, base]

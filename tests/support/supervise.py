@@ -8,6 +8,7 @@ from typing import Any
 
 from api.queue import FeatureQueue
 from supervisor.config import Settings
+from supervisor.integration import GitPlan
 from supervisor.live import PlainView
 from supervisor.loop import Supervisor
 from supervisor.routing import AgentPolicy
@@ -22,6 +23,7 @@ def supervise(
     max_agents: int = 3,
     view: SupervisorView | None = None,
     timeout: float = 60,
+    git: GitPlan | None = None,
     **policy: Any,
 ) -> tuple[RunSummary, Supervisor]:
     """Run a supervisor on ``queue``'s project until it is idle; its summary, and it for inspection.
@@ -39,5 +41,5 @@ def supervise(
         policy=AgentPolicy(**policy),
         idle_poll_seconds=0.2,
     )
-    supervisor = Supervisor(queue, runner, settings, view or PlainView(io.StringIO()))
+    supervisor = Supervisor(queue, runner, settings, view or PlainView(io.StringIO()), git=git)
     return asyncio.run(asyncio.wait_for(supervisor.run(), timeout)), supervisor
