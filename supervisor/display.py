@@ -122,7 +122,9 @@ def print_runs(feature: FeatureContext, runs: list[RunRecord]) -> None:
         out.print("no agent has run on it yet")
         return
     table = Table()
-    for column in ("attempt", "model", "outcome", "turns", "tokens in/out", "cost", "started", "error"):
+    commits = any(r.commit_sha for r in runs)
+    columns = ("attempt", "model", "outcome", "turns", "tokens in/out", "cost", "started", *(("commit",) * commits))
+    for column in (*columns, "error"):
         table.add_column(column)
     for r in runs:
         table.add_row(
@@ -133,6 +135,7 @@ def print_runs(feature: FeatureContext, runs: list[RunRecord]) -> None:
             f"{r.input_tokens or 0}/{r.output_tokens or 0}",
             f"${r.cost_usd or 0:.4f}",
             f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+            *(((r.commit_sha or "-")[:12],) * commits),
             (r.error or "")[:80],
         )
     out.print(table)

@@ -131,6 +131,10 @@ def test_a_dependent_starts_from_its_merged_dependency_and_every_feature_is_one_
         assert (run.project / f"{name}.txt").read_text() == f"{name}\n"
     assert_tidy(run.project)
     assert "merged 3" in done.stdout
+    schema = report["by_name"]["schema"]
+    logs = subprocess.run(run.command("logs", str(schema["id"])), env=run.env, capture_output=True, text=True)
+    sha = git(run.project, "log", "--format=%H", f"--grep=^Agent-Manager-Feature-Id: {schema['id']}$")
+    assert sha[:12] in logs.stdout, logs.stdout
 
 
 def test_two_features_editing_one_file_in_different_places_both_land(make_run: Callable[..., Run]) -> None:

@@ -188,3 +188,16 @@ def test_each_merged_feature_records_its_commit_on_its_last_attempt(project: Pat
         assert git(project, "log", "-1", "--format=%s", run.commit_sha) == feature.name
     assert [t.cwd.name for t in sorted(runner.tasks, key=lambda t: t.feature_id)] == ["feature-1", "feature-2"]
     assert supervisor.git.merged == 2
+
+
+def test_a_stdio_mcp_server_gets_the_agent_worktree_back_from_its_environment(tmp_path: Path) -> None:
+    from api.identity import Identity
+
+    worktree = tmp_path / "project" / ".agent-manager" / "worktrees" / "feature-3"
+    worktree.mkdir(parents=True)
+    sent = Identity("sqlite:///x.db", tmp_path / "project", "agent-3", 3, work_dir=worktree)
+
+    back = Identity.from_env(sent.to_env())
+
+    assert back.files_root == worktree.resolve() and back.project_dir == (tmp_path / "project").resolve()
+    assert Identity.from_env({k: v for k, v in sent.to_env().items() if "WORK_DIR" not in k}).work_dir is None
