@@ -249,6 +249,8 @@ def _closed_port() -> int:
             {"AGENT_MANAGER_LEASE_SECONDS": "-inf"},
             "AGENT_MANAGER_LEASE_SECONDS must be a finite number",
         ),
+        (["--project-dir", "{project}", "--isolation", "both", "status"], {}, "--isolation must be worktree or shared"),
+        (["--project-dir", "{project}", "--branch=-x", "status"], {}, "--branch must name a git branch"),
         (
             ["--project-dir", "{project}", "--lease-seconds", "1e300", "status"],
             {},
@@ -325,6 +327,11 @@ BAD_CONFIGS = [
     ("timeouts-bad", "[timeouts]\nhaiku = 0", "[timeouts] must map model names to numbers of seconds above 0"),
     ("bash-deny-string", "bash_deny = 'sudo'", "bash_deny must be a list of command prefixes"),
     ("mcp-transport", "mcp_server = 'http'", 'mcp_server must be "in-process" or "stdio"'),
+    ("isolation", "isolation = 'separate'", 'isolation must be "worktree" or "shared"'),
+    ("merge-repairs", "merge_repairs = -1", "merge_repairs must be from 0 to 10"),
+    ("gate-empty", "gate = ' '", "gate must be a non-empty string"),
+    ("worktree-copy-outside", "worktree_copy = ['../secrets']", "worktree_copy entries must be relative"),
+    ("worktree-copy-string", "worktree_copy = '.env'", "worktree_copy must be a list"),
 ]
 
 
@@ -450,3 +457,36 @@ def test_importing_from_dev_zero_stops_at_the_size_limit(tmp_path: Path) -> None
     assert done.returncode == 2, done.stderr
     assert "/dev/zero: larger than the 32 MiB limit" in one_error_line(done.stderr)
     assert not (tmp_path / ".agent-manager").exists()
+
+
+@pytest.mark.parametrize(
+    "git_setup,argv,fragment",
+    [
+        (False, ["--isolation", "worktree"], "--isolation worktree needs a git repository"),
+        (True, ["--remote", "upstream"], "no git remote 'upstream'"),
+        (True, ["--branch", "release"], "no branch 'release'"),
+    ],
+    ids=["not-a-repository", "unknown-remote", "unknown-branch"],
+)
+def test_git_options_that_cannot_work_are_one_line_before_anything_is_written(
+    project_with_features: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    git_setup: bool,
+    argv: list[str],
+    fragment: str,
+) -> None:
+    import subprocess
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
+    if git_setup:
+        root = str(project_with_features)
+        subprocess.run(["git", "init", "-q", "--initial-branch=main", root], check=True)
+        subprocess.run(
+            ["git", "-C", root, "-c", "user.name=O", "-c", "user.email=o@x", "commit", "-q", "--allow-empty", "-mx"],
+            check=True,
+        )
+    assert main(["--project-dir", str(project_with_features), *argv]) == 2
+    assert fragment in one_error_line(capsys.readouterr().err)
+    assert not (project_with_features / ".agent-manager").exists()
