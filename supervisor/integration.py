@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -277,9 +279,10 @@ class Integration:
         """Hold the branch's merge lock: this process's merges in turn, other supervisors' through the database."""
         async with self._turn:
             told = False
-            while not await asyncio.to_thread(
-                self.queue.take_merge_lock, self.lock_name, self.owner, self.lease_seconds
-            ):
+            take = self.queue.take_merge_lock
+            while not await asyncio.to_thread(take, self.lock_name, self.owner, self.lease_seconds):
+                if await asyncio.to_thread(self._break_dead_holder):
+                    continue
                 if not told:
                     waiting()
                     told = True
@@ -291,6 +294,22 @@ class Integration:
                 self._holding = False
                 with contextlib.suppress(AgentManagerError):
                     await asyncio.to_thread(self.queue.drop_merge_lock, self.lock_name, self.owner)
+
+    def _break_dead_holder(self) -> bool:
+        """Drop a merge lock held by a supervisor of this host that is gone (killed mid-merge),
+        instead of waiting out its lease; a holder elsewhere, or alive, is waited for. Were the
+        host name shared by two machines, the worst case is two merges at once: the branch still
+        moves only by compare-and-swap, so one of them is built again."""
+        holder = self.queue.merge_lock_holder(self.lock_name)
+        if holder is None:
+            return False
+        host, _, rest = holder[0].partition(":")
+        pid = rest.partition(":")[0]
+        if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
+            return False
+        log.warning("merge lock of %s held by %s, which is gone: taken over", self.lock_name, holder[0])
+        self.queue.drop_merge_lock(self.lock_name, holder[0])
+        return True
 
     def renew(self) -> None:
         """Called by the supervisor's heartbeat: a long gate keeps the merge lock."""
@@ -377,6 +396,16 @@ class Integration:
         commit = await asyncio.to_thread(self.repo.commit_paths, paths, message, project_dir)
         self.merged += 1
         return commit
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def _with_markers(worktree: Path, files: Sequence[str]) -> tuple[str, ...]:

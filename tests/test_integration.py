@@ -201,3 +201,18 @@ def test_a_stdio_mcp_server_gets_the_agent_worktree_back_from_its_environment(tm
 
     assert back.files_root == worktree.resolve() and back.project_dir == (tmp_path / "project").resolve()
     assert Identity.from_env({k: v for k, v in sent.to_env().items() if "WORK_DIR" not in k}).work_dir is None
+
+
+def test_a_merge_lock_left_by_a_killed_supervisor_of_this_host_does_not_hold_up_merges(project: Path) -> None:
+    import socket
+
+    _repo, queue = repo_with_queue(project, "one")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead_owner = f"{socket.gethostname()}:{gone.pid}:abcdef"
+    assert queue.take_merge_lock("main", dead_owner, 3600)  # would block every merge for an hour
+
+    summary, _ = supervise(queue, ScriptedRunner(queue, writes_file), git=plan(project, None, None), timeout=30)
+
+    assert summary.exit_code == 0 and queue.status_report().features[0].status == Status.PASSING
+    assert queue.merge_lock_holder("main") is None
