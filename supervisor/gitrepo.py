@@ -8,9 +8,12 @@ and the first line git wrote to stderr.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +29,15 @@ TRAILER_COST = "Agent-Manager-Cost-USD"
 
 # The user's hooks stay out of the supervisor's git: a pre-commit hook must not veto or rewrite a
 # merge commit whose tree the gate already checked.
-_NO_HOOKS = ("-c", "core.hooksPath=/dev/null")
+# No automatic gc either: `gc --auto` after a commit runs `worktree prune`, which deletes the
+# half-made admin directory of a worktree another thread is adding.
+_NO_HOOKS = ("-c", "core.hooksPath=/dev/null", "-c", "gc.auto=0")
+# git does not serialise its own worktree bookkeeping: `worktree add`, `list`, `prune`, `remove`
+# (and `branch`, which reads it) running at once fail on each other's half-written files.
+_WORKTREE_ADMIN = frozenset({"worktree", "branch"})
+_ADMIN_LOCKS: dict[Path, threading.Lock] = {}
+_ADMIN_LOCKS_GUARD = threading.Lock()
+_ADMIN_LOCK_FILE = "agent-manager-worktrees.lock"
 # Set when the supervisor itself runs under git (a hook, `git rebase --exec`); they would point
 # every command here at that other repository.
 _REPO_ENV = frozenset(
@@ -46,7 +57,10 @@ class GitError(InputError):
     """A git command failed; ``command`` and ``stderr`` say which and why."""
 
     def __init__(self, command: str, cwd: Path, stderr: str, returncode: int) -> None:
-        first = next((line.strip() for line in stderr.splitlines() if line.strip()), f"exit status {returncode}")
+        lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+        # git may chat before it fails ("Preparing worktree ..."): its fatal: or error: line says why.
+        first = next((line for line in lines if line.startswith(("fatal:", "error:"))), lines[0] if lines else "")
+        first = first or f"exit status {returncode}"
         super().__init__(f"`{command}` failed in {cwd}: {first}")
         self.command = command
         self.stderr = stderr
@@ -116,20 +130,40 @@ class GitRepo:
     ) -> subprocess.CompletedProcess[str]:
         where = cwd or self.root
         env = {key: value for key, value in os.environ.items() if key not in _REPO_ENV}
+        admin = self._admin() if _subcommand(args) in _WORKTREE_ADMIN else contextlib.nullcontext()
         try:
-            return subprocess.run(
-                ["git", *_NO_HOOKS, *args],
-                cwd=where,
-                env=env,
-                input=stdin,
-                capture_output=True,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-                check=False,
-            )
+            with admin:
+                return subprocess.run(
+                    ["git", *_NO_HOOKS, *args],
+                    cwd=where,
+                    env=env,
+                    input=stdin,
+                    capture_output=True,
+                    text=True,
+                    encoding="utf-8",
+                    errors="replace",
+                    check=False,
+                )
         except OSError as exc:  # no git on PATH, or cwd is gone
             raise InputError(f"cannot run `git {' '.join(args)}` in {where}: {exc}; is git installed?") from exc
+
+    @contextlib.contextmanager
+    def _admin(self) -> Iterator[None]:
+        """Hold the repository's worktree bookkeeping: a thread lock in this process, and an
+        flock on a file in .git for other supervisors working in the same clone."""
+        with _ADMIN_LOCKS_GUARD:
+            lock = _ADMIN_LOCKS.setdefault(self.root, threading.Lock())
+        with lock:
+            git_dir = self.root / ".git"
+            if not git_dir.is_dir():  # not a repository's top (yet): nothing to share
+                yield
+                return
+            with open(git_dir / _ADMIN_LOCK_FILE, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
 
     def run(self, *args: str, cwd: Path | None = None, stdin: str | None = None) -> str:
         """Run ``git ARGS`` in ``cwd`` (default: the root) and return its stdout without the final newline.
@@ -431,6 +465,14 @@ class GitRepo:
         # `merge --ff-only` takes no expected old value: if another writer moved the branch past `new`
         # after the check above, it succeeds without moving anything.
         return self.head(branch) == new
+
+
+def _subcommand(args: Sequence[str]) -> str | None:
+    """git's sub-command in ``args``, past the ``-c key=value`` options before it."""
+    rest = list(args)
+    while rest and rest[0] == "-c":
+        rest = rest[2:]
+    return rest[0] if rest else None
 
 
 def _feature_dir(name: str) -> bool:

@@ -316,18 +316,24 @@ class Integration:
         if self._holding:
             self.queue.renew_merge_lock(self.lock_name, self.owner, self.lease_seconds)
 
-    async def land(self, feature_id: int, worktree: Path, message: str, verify: str | None, run_id: int) -> Landing:
-        """Squash the feature onto the integration head, check the merged tree, move the branch.
-
-        Call inside :meth:`merge_turn`. The commit is recorded on the run before the branch moves,
-        so a supervisor killed in between is found out by :meth:`merged_earlier`.
-        """
-        repo, started = self.repo, time.monotonic()
+    async def commit_work(self, worktree: Path, message: str) -> Landing | None:
+        """Commit what the agent left in its worktree (outside the merge lock: it is this feature's
+        alone); a Landing when conflict markers from a repair are still there."""
+        repo = self.repo
         unresolved = await asyncio.to_thread(lambda: _with_markers(worktree, repo.unmerged(worktree)))
         if unresolved:
             return Landing(unresolved=unresolved)
         copied = [p.as_posix() for p in await asyncio.to_thread(self._copied)]
         await asyncio.to_thread(repo.commit_all, worktree, message, copied)
+        return None
+
+    async def land(self, feature_id: int, worktree: Path, message: str, verify: str | None, run_id: int) -> Landing:
+        """Squash the feature onto the integration head, check the merged tree, move the branch.
+
+        Call inside :meth:`merge_turn`, after :meth:`commit_work`. The commit is recorded on the run
+        before the branch moves, so a supervisor killed in between is found out by :meth:`merged_earlier`.
+        """
+        repo, started = self.repo, time.monotonic()
         loop = asyncio.get_running_loop()
 
         def check(tree: Path) -> str | None:

@@ -483,9 +483,11 @@ class Supervisor:
         while True:
             self._show(state, "merge")
             message = self._commit_message(claim, run, verdict, outcome)
-            async with self.git.merge_turn(lambda: self._show(state, "merge_wait")):
-                self._show(state, "merge")
-                landing = await self.git.land(claim.id, task.cwd, message, claim.verify, run.id)
+            landing = await self.git.commit_work(task.cwd, message)
+            if landing is None:
+                async with self.git.merge_turn(lambda: self._show(state, "merge_wait")):
+                    self._show(state, "merge")
+                    landing = await self.git.land(claim.id, task.cwd, message, claim.verify, run.id)
             if landing.commit is not None:
                 self.git.repaired += 1 if repairs else 0
                 notes = f"{verdict.notes}\n\nmerged as {landing.commit[:12]} on {self.git.branch}".strip()

@@ -354,3 +354,37 @@ def test_push_is_a_compare_and_swap_on_the_remote_branch(tmp_path: Path) -> None
     rebuilt = commit_on(b, first, "from b, again")
     assert b.push("origin", "main", rebuilt, first)
     assert git(bare, "rev-list", "main").split() == [rebuilt, first, base]
+
+
+def test_worktrees_made_merged_and_removed_from_many_threads_at_once_never_trip_over_each_other(
+    tmp_path: Path,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    repo = make_repo(tmp_path / "project")
+    stop = False
+
+    def lister() -> int:
+        seen = 0
+        while not stop:
+            repo.worktrees()
+            seen += 1
+        return seen
+
+    def feature(fid: int) -> str | None:
+        worktree = repo.worktree(fid, "main")
+        (worktree / f"f{fid}.txt").write_text(f"{fid}\n")
+        repo.commit_all(worktree, message(fid))
+        merged = repo.squash_merge(fid, "main", message(fid))  # a scratch worktree each
+        repo.remove_worktree(fid)
+        return merged.commit
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        listing = pool.submit(lister)
+        try:
+            commits = list(pool.map(feature, range(1, 25)))
+        finally:
+            stop = True  # a failing feature must fail the test, not leave the lister spinning
+        assert listing.result() > 0
+    assert all(commits)
+    assert repo.worktrees() == []
