@@ -28,9 +28,13 @@ class VerifyResult:
     output_tail: str
     seconds: float
 
+    @property
+    def ended(self) -> str:
+        """How the command ended, as a message says it: "exited 1", "timed out"."""
+        return "timed out" if self.exit_code is None else f"exited {self.exit_code}"
+
     def summary(self, command: str) -> str:
-        what = "timed out" if self.exit_code is None else f"exited {self.exit_code}"
-        return f"verify command `{command}` {what}; output tail:\n{self.output_tail}".rstrip()
+        return f"verify command `{command}` {self.ended}; output tail:\n{self.output_tail}".rstrip()
 
     def failure_notes(self, command: str, agent_notes: str = "") -> str:
         """The notes a failed verify leaves on its feature, the same whoever ran it."""

@@ -99,15 +99,15 @@ def cmd_status(settings: Settings, as_json: bool) -> int:
 
 def feature_worktrees(settings: Settings) -> dict[int, Path]:
     """Feature worktrees left in the project (failed features' are kept for inspection), by feature id."""
-    from supervisor.gitrepo import WORKTREES_DIR
+    from supervisor.gitrepo import WORKTREES_DIR, worktree_feature_id
 
     root = settings.project_dir / WORKTREES_DIR
     found: dict[int, Path] = {}
     with contextlib.suppress(OSError):
         for entry in root.iterdir():
-            number = entry.name.removeprefix("feature-")
-            if entry.name.startswith("feature-") and number.isdigit() and entry.is_dir():
-                found[int(number)] = entry
+            fid = worktree_feature_id(entry.name)
+            if fid is not None and entry.is_dir():
+                found[fid] = entry
     return found
 
 

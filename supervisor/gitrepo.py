@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from api.errors import InputError
+from supervisor.sandbox import git_subcommand
 
 WORKTREES_DIR = Path(".agent-manager") / "worktrees"
 BRANCH_PREFIX = "agent-manager/feature-"
@@ -130,7 +131,8 @@ class GitRepo:
     ) -> subprocess.CompletedProcess[str]:
         where = cwd or self.root
         env = {key: value for key, value in os.environ.items() if key not in _REPO_ENV}
-        admin = self._admin() if _subcommand(args) in _WORKTREE_ADMIN else contextlib.nullcontext()
+        sub = git_subcommand(args)
+        admin = self._admin() if sub and sub[0] in _WORKTREE_ADMIN else contextlib.nullcontext()
         try:
             with admin:
                 return subprocess.run(
@@ -298,7 +300,7 @@ class GitRepo:
 
         Returns the feature ids removed and those kept."""
         held = set(keep)
-        ids = {int(p.name.removeprefix("feature-")) for p in self.worktrees() if _feature_dir(p.name)}
+        ids = {fid for p in self.worktrees() if (fid := worktree_feature_id(p.name)) is not None}
         branches = self.run("branch", "--list", f"{BRANCH_PREFIX}*", "--format=%(refname:short)").split()
         ids |= {int(b.removeprefix(BRANCH_PREFIX)) for b in branches if b.removeprefix(BRANCH_PREFIX).isdigit()}
         for path in self.worktrees():
@@ -467,13 +469,7 @@ class GitRepo:
         return self.head(branch) == new
 
 
-def _subcommand(args: Sequence[str]) -> str | None:
-    """git's sub-command in ``args``, past the ``-c key=value`` options before it."""
-    rest = list(args)
-    while rest and rest[0] == "-c":
-        rest = rest[2:]
-    return rest[0] if rest else None
-
-
-def _feature_dir(name: str) -> bool:
-    return name.startswith("feature-") and name.removeprefix("feature-").isdigit()
+def worktree_feature_id(name: str) -> int | None:
+    """The feature id of a feature worktree's directory name (``feature-<id>``), else None."""
+    number = name.removeprefix("feature-")
+    return int(number) if number != name and number.isdigit() else None

@@ -62,10 +62,6 @@ class Landing:
     check_failed: str | None = None  # verify or gate failed on the merged tree
     blocked: str | None = None  # the project checkout refused the fast-forward: the user must act
 
-    @property
-    def repairable(self) -> bool:
-        return bool(self.conflicts or self.unresolved or self.check_failed)
-
 
 class SetupFailed(AgentManagerError):
     """A feature's worktree could not be made ready (git, worktree_copy or worktree_setup)."""
@@ -98,7 +94,7 @@ def plan(project_dir: Path, isolation: str | None, branch: str | None, remote: s
     if branch is None:
         raise InputError(f"{top} has a detached HEAD: check out a branch or name one with --branch")
     if remote is not None:
-        if not repo.remotes() or remote not in repo.remotes():
+        if remote not in repo.remotes():
             raise InputError(f"no git remote {remote!r} in {top} (`git remote -v` lists them)")
         try:
             repo.fetch(remote, branch)  # unreachable, or no such branch there: said now
@@ -226,8 +222,8 @@ class Integration:
                 result = await run_verify(self.setup, path, self.timeout_s)
                 if not result.passed:
                     await asyncio.to_thread(repo.remove_worktree, feature_id)
-                    what = "timed out" if result.exit_code is None else f"exited {result.exit_code}"
-                    raise SetupFailed(f"worktree_setup `{self.setup}` {what}; output tail:\n{result.output_tail}")
+                    tail = result.output_tail
+                    raise SetupFailed(f"worktree_setup `{self.setup}` {result.ended}; output tail:\n{tail}")
         return path
 
     def _copied(self) -> list[Path]:
@@ -381,8 +377,8 @@ class Integration:
                 continue
             result = await run_verify(command, tree, self.timeout_s)
             if not result.passed:
-                ended = "timed out" if result.exit_code is None else f"exited {result.exit_code}"
-                return f"{what} `{command}` {ended} on the merged tree; output tail:\n{result.output_tail}".rstrip()
+                tail = result.output_tail
+                return f"{what} `{command}` {result.ended} on the merged tree; output tail:\n{tail}".rstrip()
         return None
 
     async def reopen(self, worktree: Path) -> tuple[str, ...]:

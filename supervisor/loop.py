@@ -489,7 +489,8 @@ class Supervisor:
                     self._show(state, "merge")
                     landing = await self.git.land(claim.id, task.cwd, message, claim.verify, run.id)
             if landing.commit is not None:
-                self.git.repaired += 1 if repairs else 0
+                if repairs:
+                    self.git.repaired += 1
                 notes = f"{verdict.notes}\n\nmerged as {landing.commit[:12]} on {self.git.branch}".strip()
                 return dataclasses.replace(verdict, notes=notes), outcome, landing.commit
             if landing.blocked is not None:

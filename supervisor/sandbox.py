@@ -90,12 +90,13 @@ def _unwrap(words: list[str]) -> list[str]:
 def _starts_with(words: list[str], pattern: list[str]) -> bool:
     if not pattern or os.path.basename(words[0]) != pattern[0]:
         return False
-    args = _git_subcommand(words[1:]) if pattern[0] == "git" else words[1:]
+    args = git_subcommand(words[1:]) if pattern[0] == "git" else words[1:]
     return len(args) >= len(pattern) - 1 and args[: len(pattern) - 1] == pattern[1:]
 
 
-def _git_subcommand(args: list[str]) -> list[str]:
+def git_subcommand(args: Sequence[str]) -> list[str]:
     """``git -C dir -c k=v commit ...`` -> ``commit ...``: git's own options do not hide its sub-command."""
-    while args and args[0].startswith("-"):
-        args = args[2:] if args[0] in _GIT_OPTIONS_WITH_VALUE else args[1:]
-    return args
+    rest = list(args)
+    while rest and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] in _GIT_OPTIONS_WITH_VALUE else rest[1:]
+    return rest

@@ -15,6 +15,7 @@ import pytest
 
 from supervisor.scripted_model import Reply, Request
 from supervisor.scripted_model.agents import TOOL, Agents, Convo, release, write
+from tests.support.git import NO_USER_CONFIG, git
 from tests.support.harness import Run
 
 pytestmark = pytest.mark.slow
@@ -23,13 +24,9 @@ LINES = "".join(f"line {n}\n" for n in range(1, 11))
 TRAILERS = ("Agent-Manager-Feature-Id", "Agent-Manager-Attempt", "Agent-Manager-Model", "Agent-Manager-Cost-USD")
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.rstrip("\n")
-
-
 def init_repo(run: Run, files: dict[str, str]) -> str:
     """Make the run's project a repository on main with one commit of ``files``; its head."""
-    run.env |= {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
+    run.env |= NO_USER_CONFIG
     project = run.project
     git(project, "init", "-q", "--initial-branch=main")
     for name, text in files.items():
@@ -334,7 +331,7 @@ def test_two_supervisors_on_two_clones_of_one_bare_repository_land_every_feature
 
     runs = [make_run(Agents(dict.fromkeys(parts, meet)), features, pg_url) for _ in range(2)]
     for run in runs:  # a clone of the shared repository in each project directory
-        run.env |= {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
+        run.env |= NO_USER_CONFIG
         git(run.project, "init", "-q", "--initial-branch=main")
         git(run.project, "remote", "add", "origin", str(bare))
         git(run.project, "fetch", "-q", "origin")

@@ -15,19 +15,9 @@ from supervisor.gitrepo import (
     commit_message,
     feature_branch,
 )
+from tests.support.git import git, no_user_git_config  # noqa: F401 - an autouse fixture
 
 LINES = "".join(f"line {n}\n" for n in range(1, 11))
-
-
-@pytest.fixture(autouse=True)
-def _no_user_git_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The developer's ~/.gitconfig (signing, hooks, default branch) must not change what git does here.
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.rstrip("\n")
 
 
 def make_repo(path: Path, identity: bool = True) -> GitRepo:

@@ -16,19 +16,10 @@ from api.records import Status
 from supervisor.gitrepo import GitRepo, commit_message
 from supervisor.integration import GitPlan, plan
 from supervisor.runner import AgentOutcome, AgentTask
+from tests.support.git import git, no_user_git_config  # noqa: F401 - an autouse fixture
 from tests.support.projects import write_features
 from tests.support.runners import ScriptedRunner, passes
 from tests.support.supervise import supervise
-
-
-@pytest.fixture(autouse=True)
-def _no_user_git_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.rstrip("\n")
 
 
 def repo_with_queue(project: Path, *names: str) -> tuple[GitRepo, FeatureQueue]:
