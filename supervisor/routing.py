@@ -2,11 +2,29 @@
 
 Defaults can be changed per project in ``DIR/.agent-manager/config.toml`` or in the
 ``[tool.agent-manager]`` table of ``DIR/pyproject.toml`` (the former wins).
+
+Roles: each feature's category can add a section to its agent's system prompt
+(``supervisor.prompts.DEFAULT_ROLES`` has defaults for frontend, backend, database, testing,
+documentation, devops and security). The ``[roles]`` table replaces or adds them::
+
+    [roles]
+    backend = "You write Go services. Run `go vet ./...` and the tests before reporting passing."
+    mobile = "./docs/roles/mobile.md"   # a file, read when the config is loaded
+    documentation = "none"              # no role for this category
+
+A value is a file path when it is one line that ends in ``.md`` or ``.txt`` or starts with
+``./``, ``../``, ``/`` or ``~``; relative paths are relative to the project directory. Anything
+else is the role's text. ``"none"`` (any case) drops the category's role; an empty value is an
+error. Category names ignore case; a role is at most ROLE_LIMIT characters.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,12 +35,17 @@ from api import defaults
 from api.defaults import MAX_ATTEMPTS_LIMIT, MAX_COST_LIMIT, MAX_SECONDS, is_number
 from api.errors import InputError
 from api.features_file import MODEL_RE
+from supervisor.prompts import DEFAULT_ROLES
 from supervisor.sandbox import DEFAULT_BASH_DENY
 
 DEFAULT_MODELS = {"testing": "haiku", "documentation": "haiku"}
 MCP_TRANSPORTS = ("in-process", "stdio")
 DEFAULT_TIMEOUTS = {"haiku": 600.0, "sonnet": 1800.0, "opus": 3600.0}
 ISOLATIONS = ("worktree", "shared")
+ROLE_LIMIT = 4000  # characters of one role's text
+NO_ROLE = "none"  # the [roles] value that drops a category's role
+ROLE_FILE_SUFFIXES = (".md", ".txt")
+ROLE_FILE_PREFIXES = ("./", "../", "/", "~")
 
 
 @dataclass(frozen=True)
@@ -53,10 +76,18 @@ class AgentPolicy:
     gate: str | None = None  # project-wide check run on every merged tree before the branch moves
     merge_repairs: int = 2  # sessions resumed to repair a conflict or a failed gate, per attempt
     gate_timeout_seconds: float = 1800.0  # for gate and worktree_setup
+    # Category (lower case) -> the role's text, appended to the system prompt (prompts.system_append).
+    roles: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ROLES))
 
     def model_for(self, category: str, override: str | None = None) -> str:
         """The feature's own ``model`` wins, then its category's, then the default."""
         return override or self.models.get(category.lower(), self.default_model)
+
+    def role_for(self, category: str) -> tuple[str, str] | None:
+        """(category key, role text) for a feature's category, or None when it has no role."""
+        key = (category or "").strip().lower()
+        text = self.roles.get(key) if key else None
+        return (key, text) if text else None
 
     def timeout_for(self, model: str) -> float:
         family = next((f for f in ("haiku", "sonnet", "opus") if f in model), None)
@@ -71,20 +102,24 @@ _INTEGERS = {
 }
 _COMMANDS = ("branch", "remote", "worktree_setup", "gate")  # non-empty strings
 # Settings with their own checks.
-_TABLES = ("models", "timeouts", "bash_deny", "mcp_server", "cli_path", "isolation", "worktree_copy", *_COMMANDS)
+_TABLES = (
+    *("models", "timeouts", "roles", "bash_deny", "mcp_server", "cli_path", "isolation", "worktree_copy"),
+    *_COMMANDS,
+)
 _SCALARS = {f.name: f.type for f in dataclasses.fields(AgentPolicy) if f.name not in _TABLES}
 
 
 def load_policy(project_dir: Path) -> AgentPolicy:
-    """Read the project's config. Raises InputError naming the file and key that is wrong."""
+    """Read the project's config (and the role files it names). Raises InputError naming the file
+    and key that is wrong."""
     toml_path = project_dir / ".agent-manager" / "config.toml"
     pyproject = project_dir / "pyproject.toml"
     if toml_path.exists():
-        return policy_from_mapping(_read_toml(toml_path), str(toml_path))
+        return policy_from_mapping(_read_toml(toml_path), str(toml_path), base_dir=project_dir)
     if pyproject.exists():
         table = _read_toml(pyproject).get("tool", {}).get("agent-manager")
         if table is not None:
-            return policy_from_mapping(table, f"{pyproject} [tool.agent-manager]")
+            return policy_from_mapping(table, f"{pyproject} [tool.agent-manager]", base_dir=project_dir)
     return AgentPolicy()
 
 
@@ -101,7 +136,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
 
 
-def policy_from_mapping(data: Mapping[str, Any], source: str) -> AgentPolicy:
+def policy_from_mapping(data: Mapping[str, Any], source: str, base_dir: Path | None = None) -> AgentPolicy:
+    """The policy a config table describes; ``source`` names it in errors. Role file paths are
+    relative to ``base_dir`` (the project directory; default: the current directory)."""
     values: dict[str, Any] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
@@ -109,6 +146,8 @@ def policy_from_mapping(data: Mapping[str, Any], source: str) -> AgentPolicy:
             values["models"] = {**DEFAULT_MODELS, **_models(value, source)}
         elif name == "timeouts":
             values["timeouts"] = {**DEFAULT_TIMEOUTS, **_numbers(value, source, "timeouts")}
+        elif name == "roles":
+            values["roles"] = _roles(value, source, base_dir or Path.cwd())
         elif name == "bash_deny":
             if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
                 raise InputError(f'{source}: bash_deny must be a list of command prefixes such as "git push"')
@@ -161,6 +200,102 @@ def _models(value: Any, source: str) -> dict[str, str]:
         if not isinstance(model, str) or not MODEL_RE.match(model):
             raise InputError(f"{source}: models.{category} must be haiku, sonnet, opus or a model id, got {model!r}")
     return {k.lower(): v for k, v in value.items()}
+
+
+def _roles(value: Any, source: str, base_dir: Path) -> dict[str, str]:
+    """DEFAULT_ROLES with the [roles] table applied: a text or a file replaces a default, "none" drops it."""
+    if not isinstance(value, dict):
+        raise InputError(
+            f'{source}: [roles] must be a table of category = role text, .md/.txt file path or "none", '
+            f"got {_kind(value)}"
+        )
+    roles = dict(DEFAULT_ROLES)
+    seen: dict[str, str] = {}
+    for category, raw in value.items():
+        where = f"{source}: roles.{_toml_key(category)}"
+        key = category.strip().lower()
+        if not key:
+            raise InputError(f"{where}: the category name is empty")
+        if key in seen:
+            raise InputError(f"{where} and roles.{_toml_key(seen[key])} name the same category (names ignore case)")
+        seen[key] = category
+        if not isinstance(raw, str) or not raw.strip():
+            raise InputError(
+                f"{where} must be a non-empty string: the role's text, the path of a .md or .txt file, "
+                f'or "{NO_ROLE}" for no role; got {_kind(raw)}'
+            )
+        if raw.strip().lower() == NO_ROLE:
+            roles.pop(key, None)
+            continue
+        if _is_role_path(raw):
+            path = _role_path(raw.strip(), where, base_dir)
+            text, origin = _read_role_file(path, where, key), f"role file {path}"
+        else:
+            text, origin = raw.strip(), "the role"
+        if len(text) > ROLE_LIMIT:
+            raise InputError(f"{where}: {origin} is {len(text):,} characters; the limit is {ROLE_LIMIT:,}")
+        roles[key] = text
+    return roles
+
+
+def _is_role_path(value: str) -> bool:
+    text = value.strip()
+    return "\n" not in text and (text.lower().endswith(ROLE_FILE_SUFFIXES) or text.startswith(ROLE_FILE_PREFIXES))
+
+
+def _role_path(raw: str, where: str, base_dir: Path) -> Path:
+    try:
+        path = base_dir / Path(raw).expanduser()
+    except RuntimeError:  # ~user that does not exist, or no home directory
+        raise InputError(f"{where}: cannot expand {raw!r}: unknown user or no home directory") from None
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop (Python < 3.13): reported when the file is read
+        return Path(os.path.abspath(path))
+
+
+def _read_role_file(path: Path, where: str, key: str) -> str:
+    what = f"{where}: role file {path}"
+    try:
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise InputError(f"{what} is a directory, expected a text file")
+        if not stat.S_ISREG(mode):  # a FIFO would block, /dev/zero would never end
+            raise InputError(f"{what} is not a regular file")
+        with path.open(encoding="utf-8-sig") as file:
+            text = file.read(16 * ROLE_LIMIT + 1)  # enough to tell the length; a huge file is not read whole
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError(
+            f"{what} does not exist (a one-line value ending in .md or .txt, or starting with ./, ../, / or ~, "
+            f"is read as a file path; a relative one starts at the project directory)"
+        ) from None
+    except UnicodeDecodeError:
+        raise InputError(f"{what} is not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(f"{what} cannot be read: {exc.strerror}") from None
+    if len(text) > 16 * ROLE_LIMIT:
+        raise InputError(f"{what} is larger than {16 * ROLE_LIMIT:,} characters; the limit is {ROLE_LIMIT:,}")
+    if not text.strip():
+        raise InputError(f'{what} is empty: write the role in it, or set roles.{_toml_key(key)} = "{NO_ROLE}"')
+    return text.strip()
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"a {type(value).__name__}"
 
 
 def _numbers(value: Any, source: str, table: str) -> dict[str, float]:
