@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate, Update
 
+from api.changes import NOTIFY_QUEUE
 from api.models import AgentRun, Event, Feature, FeatureDependency, FileLock, MergeLock, utcnow
 from api.records import (
     Status,
@@ -315,7 +316,10 @@ def renew_merge_lock_statement(branch: str, owner: str, expires: datetime) -> Re
 
 
 def log(session: Session, entries: list[tuple[str, int | None, str | None, dict[str, Any] | None]]) -> None:
-    """Append ``(kind, feature_id, owner, detail)`` entries to the event log, in the caller's transaction."""
+    """Append ``(kind, feature_id, owner, detail)`` entries to the event log, in the caller's transaction.
+
+    On PostgreSQL it also notifies the ChangeWatchers (api/changes.py) that the queue changed.
+    """
     if entries:
         now = utcnow()
         # A Core insert: the ORM's bulk path cost ~0.3 ms per call, and there is one per verb.
@@ -323,3 +327,7 @@ def log(session: Session, entries: list[tuple[str, int | None, str | None, dict[
             insert(Event),
             [{"ts": now, "kind": k, "feature_id": f, "owner": o, "detail": d} for k, f, o, d in entries],
         )
+        if session.get_bind().dialect.name == "postgresql":
+            # Wakes the supervisors waiting in api.changes.ChangeWatcher; delivered on commit,
+            # once per transaction however many times it runs.
+            session.execute(NOTIFY_QUEUE)
