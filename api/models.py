@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from api.records import Status
@@ -78,6 +80,10 @@ class Feature(Base):
     notes: Mapped[str] = mapped_column(Text, default="", server_default="")
     last_model: Mapped[str | None] = mapped_column(String(100))
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # A follow-up for the next attempt: resume this session with this prompt (an answered question,
+    # or a lead's resume_feature). Cleared when an attempt that used it ends.
+    resume_session_id: Mapped[str | None] = mapped_column(String(100))
+    resume_prompt: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
@@ -158,6 +164,75 @@ class MergeLock(Base):
     owner: Mapped[str] = mapped_column(String(200))
     acquired_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Question(Base):
+    """A question an agent asked (ask_question): its feature waits in needs_input until answered."""
+
+    __tablename__ = "questions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
+    run_id: Mapped[int | None] = mapped_column(Integer)
+    session_id: Mapped[str | None] = mapped_column(String(100))  # the session the answer resumes
+    question: Mapped[str] = mapped_column(Text)
+    asked_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    answer: Mapped[str | None] = mapped_column(Text)
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime)
+    answered_by: Mapped[str | None] = mapped_column(String(200))
+    # When the answer became the feature's resume prompt (it is then claimable again).
+    resumed_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (Index("ix_questions_feature_id", "feature_id", "answered_at"),)
+
+
+class PermissionRequest(Base):
+    """A tool call outside an agent's allow-list, waiting for a person's decision.
+
+    ``decision`` is NULL while open, then allow, deny or timeout. A decision not yet ``used_at``
+    by a session is reused when the same feature asks for the same call again (its supervisor
+    died while waiting), so an answer given meanwhile is not lost.
+    """
+
+    __tablename__ = "permission_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
+    run_id: Mapped[int | None] = mapped_column(Integer)
+    agent_id: Mapped[str] = mapped_column(String(200))
+    tool_name: Mapped[str] = mapped_column(String(200))
+    tool_input: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of the tool and its input
+    requested_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    decision: Mapped[str | None] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime)
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (
+        Index("ix_permission_requests_feature_id", "feature_id", "fingerprint"),
+        Index("ix_permission_requests_open", "decision"),
+    )
+
+
+class FeatureRequest(Base):
+    """A person's stop or nudge for a running feature; the supervisor running it acts on it."""
+
+    __tablename__ = "feature_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))  # "stop" or "nudge"
+    text: Mapped[str] = mapped_column(Text, default="", server_default="")
+    requeue: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    handled_at: Mapped[datetime | None] = mapped_column(DateTime)
+    handled_by: Mapped[str | None] = mapped_column(String(200))
+    result: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_feature_requests_open", "handled_at", "feature_id"),)
 
 
 class Event(Base):

@@ -23,6 +23,7 @@ from api.errors import InputError, LeaseLostError, NotFoundError
 from api.features_file import FeatureSpec
 from api.models import AgentRun, Feature, FileLock, MergeLock, utcnow
 from api.paths import resolve_project_path
+from api.people import PeopleVerbs, park_or_resume, resume_answered
 from api.records import (
     ClaimedFeature,
     FeatureContext,
@@ -40,8 +41,11 @@ if TYPE_CHECKING:
     from api.verify import VerifyResult
 
 
-class FeatureQueue:
-    """Queue verbs over one database. Safe to share across threads (a session per call)."""
+class FeatureQueue(PeopleVerbs):
+    """Queue verbs over one database. Safe to share across threads (a session per call).
+
+    The verbs of questions, permissions and stop/nudge requests are in api.people.PeopleVerbs.
+    """
 
     def __init__(
         self,
@@ -112,6 +116,9 @@ class FeatureQueue:
         def work(session: Session) -> ReleaseResult | None:
             session.execute(statements.update_run_statement(run_id, ended_at=utcnow(), **run_fields))
             session.execute(delete(FileLock).where(FileLock.owner == claim.agent_id))
+            # Requests its session no longer waits for; a supervisor killed mid-wait leaves them
+            # open instead, for the next attempt to reuse their decision.
+            session.execute(statements.close_permissions_statement(run_id, utcnow()))
             if not release:
                 return None
             try:
@@ -136,6 +143,8 @@ class FeatureQueue:
             )
         if row.status == Status.PASSING:
             _unblock_dependents(session, feature_id, self.db.is_sqlite)
+        elif row.status == Status.NEEDS_INPUT:
+            resume_answered(session, [feature_id])  # answered while its session was ending
         session.execute(delete(FileLock).where(FileLock.feature_id == feature_id))
         entry = {"token": token, "now": row.status}
         statements.log(session, [(f"released:{verdict.status}", feature_id, owner, entry)])
@@ -175,6 +184,7 @@ class FeatureQueue:
             # Their owner will not finish these attempts (it died): close them, or `logs` shows them running forever.
             why = "the lease expired: its supervisor stopped renewing it"
             session.execute(statements.close_runs_statement([v.agent_id for v in victims], now, "expired", why))
+            park_or_resume(session, ids)  # a session that asked a question and died: its feature still waits
             statements.log(session, [("reaped", v.id, v.owner, None) for v in victims])
             return ids
 
@@ -195,6 +205,7 @@ class FeatureQueue:
                 session.execute(delete(FileLock).where(FileLock.feature_id.in_(ids)))
                 why = "the supervisor stopped before this attempt ended"
                 session.execute(statements.close_runs_statement(agents, now, "interrupted", why))
+                park_or_resume(session, list(ids))
                 statements.log(session, [("given_back", fid, owner, None) for fid in ids])
             return list(ids)
 

@@ -55,6 +55,8 @@ def claimed(row: Feature) -> ClaimedFeature:
         lease_expires_at=row.lease_expires_at,  # type: ignore[arg-type]
         max_cost_usd=row.max_cost_usd,
         cost_usd=row.cost_usd,
+        resume_session_id=row.resume_session_id,
+        resume_prompt=row.resume_prompt,
     )
 
 

@@ -6,6 +6,7 @@ The supervisor, the MCP server and the CLI speak these, never bare strings or di
 from __future__ import annotations
 
 import enum
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,7 +36,8 @@ class Verdict:
     """How an attempt ends, as ``FeatureQueue.release`` and ``finish_attempt`` take it.
 
     ``PASSING``; ``FAILED`` (an attempt: back to pending until the attempt limit, then failed);
-    ``PENDING`` (given back). ``count_attempt=False`` records an infrastructure failure without
+    ``PENDING`` (given back); ``NEEDS_INPUT`` (the agent asked a question: no attempt is used,
+    the feature waits for an answer). ``count_attempt=False`` records an infrastructure failure without
     using an attempt; ``give_up=True`` makes a failed attempt final (its budget is spent).
     """
 
@@ -47,7 +49,7 @@ class Verdict:
     give_up: bool = False
 
     def __post_init__(self) -> None:
-        if self.status not in (Status.PASSING, Status.FAILED, Status.PENDING):
+        if self.status not in (Status.PASSING, Status.FAILED, Status.PENDING, Status.NEEDS_INPUT):
             raise InputError(f"invalid status {str(self.status)!r}: use passing, failed or pending")
         object.__setattr__(self, "status", Status(self.status))
 
@@ -97,6 +99,9 @@ class ClaimedFeature:
     lease_expires_at: datetime
     max_cost_usd: float | None = None
     cost_usd: float = 0.0  # spent on this feature by earlier attempts
+    # A follow-up this attempt owes: resume this session with this prompt (an answer, a lead's resume).
+    resume_session_id: str | None = None
+    resume_prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -194,3 +199,92 @@ class ImportReport:
     unchanged: tuple[str, ...]
     skipped: tuple[str, ...]  # already claimed or finished: left as they are
     kept: tuple[str, ...]  # in the database but not in the file: kept, never deleted
+
+
+@dataclass(frozen=True)
+class QuestionRecord:
+    """A question an agent asked through ask_question, and its answer once given."""
+
+    id: int
+    feature_id: int
+    feature_name: str
+    question: str
+    session_id: str | None
+    asked_at: datetime
+    answer: str | None = None
+    answered_at: datetime | None = None
+    answered_by: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "feature_id": self.feature_id,
+            "feature": self.feature_name,
+            "question": self.question,
+            "session_id": self.session_id,
+            "asked_at": self.asked_at.isoformat(timespec="seconds") + "Z",
+            "answer": self.answer,
+        }
+
+
+class Decision(enum.StrEnum):
+    """A permission request's state: open until a person allows or denies it, or it times out."""
+
+    OPEN = "open"
+    ALLOW = "allow"
+    DENY = "deny"
+    TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True)
+class PermissionRecord:
+    """A tool call outside an agent's allow-list, waiting for (or given) a person's decision."""
+
+    id: int
+    feature_id: int
+    feature_name: str
+    run_id: int | None
+    tool_name: str
+    tool_input: dict[str, Any]
+    requested_at: datetime
+    decision: Decision = Decision.OPEN
+    reason: str | None = None
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    used: bool = False
+
+    @property
+    def summary(self) -> str:
+        """The call in one line: a Bash command, a URL, a path, or the input as JSON."""
+        for key in ("command", "url", "file_path", "path", "pattern", "query"):
+            value = self.tool_input.get(key)
+            if isinstance(value, str) and value:
+                return f"{self.tool_name}: {value}"
+        return f"{self.tool_name}: {json.dumps(self.tool_input, sort_keys=True)[:200]}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "feature_id": self.feature_id,
+            "feature": self.feature_name,
+            "tool": self.tool_name,
+            "input": self.tool_input,
+            "summary": self.summary,
+            "requested_at": self.requested_at.isoformat(timespec="seconds") + "Z",
+            "decision": self.decision,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    """A person's stop or nudge for a running feature, for the supervisor that runs it."""
+
+    id: int
+    feature_id: int
+    kind: str  # "stop" or "nudge"
+    text: str
+    requeue: bool
+    created_at: datetime
+    handled_at: datetime | None = None
+    result: str | None = None

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate, Update
 
 from api.changes import NOTIFY_QUEUE
-from api.models import AgentRun, Event, Feature, FeatureDependency, FileLock, MergeLock, utcnow
+from api.models import AgentRun, Event, Feature, FeatureDependency, FileLock, MergeLock, PermissionRequest, utcnow
 from api.records import (
     Status,
     Verdict,
@@ -104,6 +104,8 @@ def release_statement(verdict: Verdict) -> ReturningUpdate[str, int]:
         kind = "passing"
     elif verdict.status is Status.FAILED and verdict.count_attempt:
         kind = "give_up" if verdict.give_up else "failed"
+    elif verdict.status is Status.NEEDS_INPUT:
+        kind = "needs_input"
     else:
         kind = "pending"
     return _release_statement(kind, bool(verdict.notes), bool(verdict.model))
@@ -127,7 +129,11 @@ def release_params(
 
 @functools.lru_cache(maxsize=32)
 def _release_statement(verdict: str, with_notes: bool, with_model: bool) -> ReturningUpdate[str, int]:
-    """The release for one kind of verdict: passing, failed (an attempt), give_up or pending."""
+    """The release for one kind of verdict: passing, failed (an attempt), give_up, needs_input or pending.
+
+    Every kind but pending (a give-back: the attempt did not really happen) ends a follow-up the
+    attempt owed, so the next attempt does not resume the same session with the same prompt.
+    """
     now = bindparam("b_now", type_=DateTime)
     values: dict[str, Any] = {
         "lease_expires_at": None,
@@ -150,8 +156,12 @@ def _release_statement(verdict: str, with_notes: bool, with_model: bool) -> Retu
             else case((Feature.attempts + 1 >= limit, Status.FAILED), else_=Status.PENDING)
         )
         values["finished_at"] = now
+    elif verdict == "needs_input":
+        values["status"] = Status.NEEDS_INPUT
     else:
         values["status"] = Status.PENDING
+    if verdict != "pending":
+        values.update(resume_session_id=None, resume_prompt=None)
     return (
         update(Feature)
         .where(
@@ -168,13 +178,23 @@ def _release_statement(verdict: str, with_notes: bool, with_model: bool) -> Retu
 
 @functools.cache
 def unblock_statements() -> tuple[Select[int], Update]:
-    """(lock, unblock) for the dependents of ``feature_id``: row locks in id order, then one fewer unmet dependency."""
+    """(lock, unblock) for the dependents of ``feature_id``: row locks in id order, then their unmet
+    dependencies counted afresh (not decremented: a feature resumed after passing passes twice)."""
     dependents = select(FeatureDependency.feature_id).where(FeatureDependency.depends_on_id == bindparam("feature_id"))
     lock = select(Feature.id).where(Feature.id.in_(dependents)).order_by(Feature.id).with_for_update()
+    dep = aliased(Feature)
+    link = aliased(FeatureDependency)
+    unmet = (
+        select(func.count())
+        .select_from(link)
+        .join(dep, dep.id == link.depends_on_id)
+        .where(link.feature_id == Feature.id, dep.status != Status.PASSING)
+        .scalar_subquery()
+    )
     unblock = (
         update(Feature)
         .where(Feature.id.in_(dependents))
-        .values(unmet_deps=Feature.unmet_deps - 1)
+        .values(unmet_deps=unmet)
         .execution_options(synchronize_session=False)
     )
     return lock, unblock
@@ -252,6 +272,16 @@ def close_runs_statement(agent_ids: Iterable[str | None], now: datetime, outcome
         update(AgentRun)
         .where(AgentRun.agent_id.in_([a for a in agent_ids if a]), AgentRun.ended_at.is_(None))
         .values(ended_at=now, outcome=outcome, error=error)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def close_permissions_statement(run_id: int, now: datetime) -> Update:
+    """Time out the undecided permission requests of an attempt that has ended."""
+    return (
+        update(PermissionRequest)
+        .where(PermissionRequest.run_id == run_id, PermissionRequest.decision.is_(None))
+        .values(decision="timeout", reason="the session ended before anyone answered", decided_at=now)
         .execution_options(synchronize_session=False)
     )
 
