@@ -108,6 +108,36 @@ def build_parser() -> argparse.ArgumentParser:
     p_clean = sub.add_parser(
         "clean", help="remove the git worktrees and branches of features that are not running (failed ones' too)"
     )
+    p_serve = sub.add_parser(
+        "serve", help="run the supervisor without exiting when the queue is empty: later features start within 1 s"
+    )
+    _add(p_serve, RUN_OPTIONS, suppress=True)
+    p_lead = sub.add_parser(
+        "lead",
+        help="serve the lead agent's MCP tools over stdio (claude mcp add agent-manager-lead -- agent-manager lead "
+        "--project-dir DIR), with a serve-mode supervisor in the same process",
+    )
+    _add(p_lead, RUN_OPTIONS, suppress=True)
+    p_questions = sub.add_parser("questions", help="the questions agents asked that wait for an answer")
+    p_questions.add_argument("--json", action="store_true", help="machine-readable output")
+    p_answer = sub.add_parser("answer", help="answer a feature's question: its session resumes with the answer")
+    p_answer.add_argument("feature_id", type=int, metavar="ID")
+    p_answer.add_argument("text", metavar="TEXT")
+    p_permissions = sub.add_parser("permissions", help="tool calls waiting for a person's approval")
+    p_permissions.add_argument("--json", action="store_true", help="machine-readable output")
+    p_approve = sub.add_parser("approve", help="allow a waiting permission request")
+    p_approve.add_argument("request_id", type=int, metavar="REQUEST_ID")
+    p_approve.add_argument("--reason", help="told to the agent")
+    p_deny = sub.add_parser("deny", help="refuse a waiting permission request")
+    p_deny.add_argument("request_id", type=int, metavar="REQUEST_ID")
+    p_deny.add_argument("--reason", help="told to the agent, so it can do without")
+    p_stop = sub.add_parser("stop", help="stop a running feature (any supervisor on the queue): it fails, or --requeue")
+    p_stop.add_argument("feature_id", type=int, metavar="ID")
+    p_stop.add_argument("--requeue", action="store_true", help="put it back to pending instead of failing it")
+    p_stop.add_argument("--reason", help="recorded in the feature's notes")
+    p_nudge = sub.add_parser("nudge", help="tell a running feature's agent something, at its next turn")
+    p_nudge.add_argument("feature_id", type=int, metavar="ID")
+    p_nudge.add_argument("text", metavar="TEXT")
     p_demo = sub.add_parser(
         "demo",
         help="run real claude sessions on an example project against a scripted local model (no API key needed)",
@@ -119,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where to build the demo project (default: a new temp dir)",
     )
-    for p in (p_import, p_status, p_retry, p_logs, p_clean):
+    people = (p_questions, p_answer, p_permissions, p_approve, p_deny, p_stop, p_nudge)
+    for p in (p_import, p_status, p_retry, p_logs, p_clean, p_serve, p_lead, *people):
         # SUPPRESS: a flag given before the subcommand is not overwritten by the subparser's default.
         _add(p, COMMON_OPTIONS, suppress=True)
     return parser
@@ -170,7 +201,31 @@ def run(argv: Sequence[str] | None = None) -> int:
         return commands.cmd_clean(settings)
     if args.command == "logs":
         return commands.cmd_logs(settings, args.feature_id, args.attempt, args.raw)
+    if args.command in ("questions", "answer", "permissions", "approve", "deny", "stop", "nudge"):
+        return _people(args, settings)
+    if args.command == "serve":
+        return commands.cmd_run(settings, serve=True)
+    if args.command == "lead":
+        from supervisor.lead import cmd_lead
+
+        return cmd_lead(settings)
     return commands.cmd_run(settings)
+
+
+def _people(args: argparse.Namespace, settings: Any) -> int:
+    from supervisor import people
+
+    if args.command == "questions":
+        return people.cmd_questions(settings, args.json)
+    if args.command == "answer":
+        return people.cmd_answer(settings, args.feature_id, args.text)
+    if args.command == "permissions":
+        return people.cmd_permissions(settings, args.json)
+    if args.command in ("approve", "deny"):
+        return people.cmd_decide(settings, args.request_id, args.command == "approve", args.reason)
+    if args.command == "stop":
+        return people.cmd_stop(settings, args.feature_id, args.reason, args.requeue)
+    return people.cmd_nudge(settings, args.feature_id, args.text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -191,4 +191,41 @@ def feature_claim_batch(count: BatchCount, ctx: Context[AppContext]) -> list[Bat
     ]
 
 
-TOOLS = (feature_get, feature_release, feature_claim_batch)
+class QuestionAnswer(TypedDict):
+    success: bool
+    question_id: int
+    message: str
+
+
+Question = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=4000,
+        description="One question a person can answer, with the options you see and what each implies.",
+    ),
+]
+
+
+def ask_question(question: Question, ctx: Context[AppContext]) -> QuestionAnswer:
+    """Ask a person a question you cannot answer yourself, and pause your feature until they do.
+
+    For decisions only a person can make (a product choice, a credential, an ambiguous
+    requirement), not for things you can find out by reading the code or running it. The
+    question is stored, your feature waits for the answer, and this session ends: do not call
+    feature_release, just end your turn. Your session is resumed later with the answer, in this
+    same conversation, and you carry on from there. Asking uses none of the feature's attempts.
+    """
+    app = ctx.request_context.lifespan_context
+    if app.identity.feature_id is None:
+        raise ToolError("ask_question is for agents assigned a feature: a lead agent asks its user directly")
+    with tool_errors():
+        asked = app.queue.ask(app.identity.agent_id, app.identity.feature_id, question)
+    message = (
+        f"Question #{asked.id} is recorded and your feature now waits for a person's answer. End your turn now "
+        "without calling feature_release: this session will be resumed with the answer."
+    )
+    return QuestionAnswer(success=True, question_id=asked.id, message=message)
+
+
+TOOLS = (feature_get, feature_release, feature_claim_batch, ask_question)

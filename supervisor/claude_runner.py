@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from claude_agent_sdk import (
     AssistantMessage,
@@ -23,6 +24,8 @@ from claude_agent_sdk import (
     CLIConnectionError,
     CLINotFoundError,
     HookMatcher,
+    PermissionResultAllow,
+    PermissionResultDeny,
     ProcessError,
     ResultError,
     ResultMessage,
@@ -31,16 +34,23 @@ from claude_agent_sdk import (
 )
 
 from supervisor import outcome
-from supervisor.cli_process import CliLauncher, tool_hooks
+from supervisor.cli_process import CliLauncher, nudge_hooks, tool_hooks
 from supervisor.mcp_hosting import MCP_SERVER_NAME, McpHost, mcp_tool_names
 from supervisor.outcome import SYNTHETIC_MODEL, Progress
 from supervisor.preflight import check_cli, probe_api
 from supervisor.prompts import REMINDER, SYSTEM_APPEND
-from supervisor.runner import ActivityEvent, AgentOutcome, AgentTask, Ending
+from supervisor.runner import ActivityEvent, AgentOutcome, AgentTask, Ending, Steering
 from supervisor.transcripts import Transcript, open_transcript
 
 if TYPE_CHECKING:
-    from claude_agent_sdk.types import HookEvent, SettingSource
+    from claude_agent_sdk.types import CanUseTool, HookEvent, PermissionResult, SettingSource
+
+try:  # the SDK warns that allowed tools never reach can_use_tool: that is the point (see options())
+    from claude_agent_sdk.types import CanUseToolShadowedWarning
+
+    warnings.filterwarnings("ignore", category=CanUseToolShadowedWarning)
+except ImportError:  # pragma: no cover - older SDKs do not warn
+    pass
 
 try:  # newer SDKs only
     from claude_agent_sdk import RateLimitEvent
@@ -98,6 +108,7 @@ class ClaudeRunner:
         task: AgentTask,
         hooks: dict[HookEvent, list[HookMatcher]],
         stderr: Callable[[str], None] | None = None,
+        can_use_tool: CanUseTool | None = None,
     ) -> ClaudeAgentOptions:
         env = {
             # Nothing but the model endpoint needs to be reachable.
@@ -110,14 +121,18 @@ class ClaudeRunner:
         }
         cli_path, guard_env = self.cli.command(task.transcript_path.parent)
         env.update(guard_env)
+        ask = [t for t in task.ask_tools if t not in BUILTIN_TOOLS]
+        append = task.system_append or SYSTEM_APPEND
+        # Only ask_tools (left out of allowed_tools) and hook "ask" decisions (Bash) reach can_use_tool.
         return ClaudeAgentOptions(
             cwd=str(task.cwd),
             model=task.model,
             fallback_model=task.fallback_model,
             permission_mode="acceptEdits",  # bypassPermissions is refused as root
-            tools=list(BUILTIN_TOOLS),
-            allowed_tools=[*BUILTIN_TOOLS, *mcp_tool_names()],
-            system_prompt={"type": "preset", "preset": "claude_code", "append": SYSTEM_APPEND},
+            tools=[*BUILTIN_TOOLS, *ask],
+            allowed_tools=[*(t for t in BUILTIN_TOOLS if t not in task.ask_tools), *mcp_tool_names()],
+            can_use_tool=can_use_tool,
+            system_prompt={"type": "preset", "preset": "claude_code", "append": append},
             mcp_servers={MCP_SERVER_NAME: self.mcp.server(task)},
             max_turns=task.max_turns,
             max_budget_usd=task.max_budget_usd,
@@ -132,6 +147,9 @@ class ClaudeRunner:
     async def run(self, task: AgentTask, on_activity: Callable[[ActivityEvent], None]) -> AgentOutcome:
         progress = Progress(resumed=task.resumed_spend, session_id=task.resume_session_id)
         hooks = tool_hooks(task, lambda reason: on_activity(progress.event(task.feature_id, "waiting_lock", reason)))
+        if task.steering is not None:
+            told = lambda text: on_activity(progress.event(task.feature_id, "nudge", text))  # noqa: E731
+            hooks |= nudge_hooks(task.steering, told)
 
         def stderr(line: str) -> None:
             progress.stderr = ([*progress.stderr, line.rstrip()])[-_STDERR_LINES:]
@@ -139,7 +157,7 @@ class ClaudeRunner:
         with open_transcript(task.transcript_path) as transcript:
             transcript.write("prompt", {"prompt": task.prompt, "model": task.model, "resume": task.resume_session_id})
             try:
-                options = self.options(task, hooks, stderr)
+                options = self.options(task, hooks, stderr, self._permissions(task, progress, transcript, on_activity))
                 return await self._session(task, options, progress, transcript, on_activity)
             except _Timeout as exc:
                 return outcome.outcome(progress, exc.ending, str(exc))
@@ -153,6 +171,35 @@ class ClaudeRunner:
                 return outcome.from_connection_error(progress, exc, self.cli.name())
             finally:
                 transcript.write("end", progress.record())
+
+    def _permissions(
+        self,
+        task: AgentTask,
+        progress: Progress,
+        transcript: Transcript,
+        on_activity: Callable[[ActivityEvent], None],
+    ) -> CanUseTool | None:
+        """The SDK's can_use_tool: a call outside the allow-list waits for a person's decision."""
+        ask = task.ask_permission
+        if ask is None:
+            return None
+
+        async def can_use_tool(tool_name: str, tool_input: dict[str, Any], _context: Any) -> PermissionResult:
+            progress.waiting += 1
+            since = time.monotonic()
+            on_activity(progress.event(task.feature_id, "permission", tool_name))
+            try:
+                decision = await ask(tool_name, tool_input)
+            finally:
+                progress.waiting -= 1
+                progress.waited_s += time.monotonic() - since
+            transcript.write("permission", {"tool": tool_name, "allowed": decision.allowed, "reason": decision.reason})
+            on_activity(progress.event(task.feature_id, "tool", tool_name))
+            if decision.allowed:
+                return PermissionResultAllow()
+            return PermissionResultDeny(message=decision.reason)
+
+        return can_use_tool
 
     async def _session(
         self,
@@ -183,6 +230,13 @@ class ClaudeRunner:
                     return outcome.outcome(progress, Ending.AGENT_ERROR, "the session ended without a result")
                 if result.is_error:
                     return outcome.from_result(progress, result)
+                told = task.steering.take_nudges() if task.steering is not None else None
+                if told is not None:
+                    # A person's message that found no tool result to ride on: its own turn.
+                    transcript.write("nudge", {"text": told})
+                    on_activity(progress.event(task.feature_id, "nudge", told))
+                    await client.query(told)
+                    continue
                 if task.is_released is None or await task.is_released():
                     return outcome.outcome(progress, Ending.COMPLETED)
                 if progress.reminders >= task.reminders:
@@ -225,17 +279,36 @@ class ClaudeRunner:
         """Stream one query's messages into ``progress`` until its result (None: the stream ended).
 
         Raises _Timeout when ``deadline`` passes or no message comes for ``task.stall_s``."""
-        messages = client.receive_response().__aiter__()
+        receiver = _Receiver(client.receive_response().__aiter__(), task.steering)
+        try:
+            return await self._read(receiver, task, progress, transcript, on_activity, deadline)
+        finally:
+            await receiver.close()
+
+    async def _read(
+        self,
+        receiver: _Receiver,
+        task: AgentTask,
+        progress: Progress,
+        transcript: Transcript,
+        on_activity: Callable[[ActivityEvent], None],
+        deadline: float,
+    ) -> ResultMessage | None:
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            # Time spent waiting for a person's permission does not count against the session.
+            left = deadline + progress.waited_s - time.monotonic()
+            if left <= 0 and not progress.waiting:
                 raise _Timeout(Ending.TIMEOUT, f"timed out after {task.timeout_s:g} s")
-            wait = min(task.stall_s, left)
+            wait = min(task.stall_s, max(left, 0.5))
             try:
-                message = await asyncio.wait_for(messages.__anext__(), timeout=wait)
+                message = await receiver.next(wait)
             except StopAsyncIteration:
                 return None
+            except _Stop:
+                raise _Timeout(Ending.STOPPED, (task.steering and task.steering.stop_reason) or "stopped") from None
             except TimeoutError:
+                if progress.waiting:
+                    continue  # waiting for a person, not stalled
                 if wait < task.stall_s:
                     raise _Timeout(Ending.TIMEOUT, f"timed out after {task.timeout_s:g} s") from None
                 raise _Timeout(Ending.STALLED, f"stalled: no message for {task.stall_s:g} s") from None
@@ -275,6 +348,49 @@ class ClaudeRunner:
                 progress.absorb(message)
                 on_activity(progress.event(task.feature_id, "turn"))
                 return message
+
+
+class _Stop(Exception):
+    """A person asked to stop the session."""
+
+
+class _Receiver:
+    """Reads a response's messages with a time limit, keeping a read that timed out pending (the
+    SDK's stream must not be cancelled mid-message while the session waits for a person), and
+    raises _Stop as soon as a person asks to stop the session."""
+
+    def __init__(self, messages: Any, steering: Steering | None) -> None:
+        self.messages = messages
+        self.steering = steering
+        self.pending: asyncio.Future[Any] | None = None
+
+    async def next(self, within: float) -> Any:
+        if self.steering is not None and self.steering.stop_reason is not None:
+            raise _Stop
+        if self.pending is None:
+            self.pending = asyncio.ensure_future(self.messages.__anext__())
+        waits: set[asyncio.Future[Any]] = {self.pending}
+        stop = asyncio.ensure_future(self.steering.stopped.wait()) if self.steering is not None else None
+        if stop is not None:
+            waits.add(stop)
+        try:
+            done, _ = await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if stop is not None:
+                stop.cancel()
+        if self.pending in done:
+            read, self.pending = self.pending, None
+            return read.result()
+        if stop is not None and stop in done:
+            raise _Stop
+        raise TimeoutError
+
+    async def close(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+            with contextlib.suppress(BaseException):
+                await self.pending
+            self.pending = None
 
 
 async def _disconnect(client: ClaudeSDKClient) -> None:

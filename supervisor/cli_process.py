@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import claude_agent_sdk
 from claude_agent_sdk import HookMatcher
 
-from supervisor.runner import AgentTask
+from supervisor.runner import AgentTask, Steering
 
 if TYPE_CHECKING:
     from claude_agent_sdk.types import HookCallback, HookEvent
@@ -106,6 +106,8 @@ def tool_hooks(task: AgentTask, on_wait: Callable[[str], None]) -> dict[HookEven
         tool_input = input_data.get("tool_input") or {}
         if input_data.get("tool_name") == "Bash":
             verdict = task.guard_bash(str(tool_input.get("command", ""))) if task.guard_bash else None
+            if verdict is not None and verdict.ask:
+                return _decision("ask", verdict.reason)  # the CLI then asks can_use_tool: a person decides
             return _deny(verdict.reason) if verdict is not None and not verdict.allowed else {}
         path = tool_input.get("file_path") or tool_input.get("notebook_path")
         if not path or task.guard_write is None:
@@ -121,11 +123,28 @@ def tool_hooks(task: AgentTask, on_wait: Callable[[str], None]) -> dict[HookEven
     return {"PreToolUse": [HookMatcher(matcher=WRITE_TOOLS, hooks=[hook]), HookMatcher(matcher="Bash", hooks=[hook])]}
 
 
+def nudge_hooks(steering: Steering, on_nudge: Callable[[str], None]) -> dict[HookEvent, list[HookMatcher]]:
+    """A PostToolUse hook that hands a person's pending nudges to the model with the next tool result."""
+
+    async def deliver(_input: dict[str, Any], _tool_use_id: str | None, _context: Any) -> dict[str, Any]:
+        message = steering.take_nudges()
+        if message is None:
+            return {}
+        on_nudge(message)
+        return {"hookSpecificOutput": {"hookEventName": "PostToolUse", "additionalContext": message}}
+
+    return {"PostToolUse": [HookMatcher(matcher=None, hooks=[cast("HookCallback", deliver)])]}
+
+
 def _deny(reason: str) -> dict[str, Any]:
+    return _decision("deny", reason)
+
+
+def _decision(decision: str, reason: str) -> dict[str, Any]:
     return {
         "hookSpecificOutput": {
             "hookEventName": "PreToolUse",
-            "permissionDecision": "deny",
+            "permissionDecision": decision,
             "permissionDecisionReason": reason,
         }
     }

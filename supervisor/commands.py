@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from api.database import Database, normalise_url
 from api.errors import InputError
@@ -171,15 +172,32 @@ def _log_to_file(settings: Settings) -> None:
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
 
 
-def cmd_run(settings: Settings) -> int:
+def cmd_run(settings: Settings, *, serve: bool = False) -> int:
+    """Run the supervisor: until no claimable work remains, or with ``serve`` until stopped."""
     import asyncio
+
+    from supervisor.live import make_view
+    from supervisor.loop import Supervisor
+
+    settings, queue, runner, git = prepare_run(settings, serve=serve)
+    supervisor = Supervisor(queue, runner, settings, make_view(), git=git)
+    try:
+        summary = asyncio.run(supervisor.run())
+    finally:
+        runner.close()
+    if summary.stop_reason and summary.exit_code != 130:
+        print(f"agent-manager: error: {summary.stop_reason}", file=sys.stderr)
+    return summary.exit_code
+
+
+def prepare_run(settings: Settings, *, serve: bool = False) -> tuple[Settings, FeatureQueue, Any, Any]:
+    """Everything a run checks and opens before its supervisor starts: (settings with the policy,
+    queue, ClaudeRunner, git plan). Raises InputError before anything is written on bad input."""
     import dataclasses
     import gc
 
     from supervisor.claude_runner import ClaudeRunner
     from supervisor.integration import plan
-    from supervisor.live import make_view
-    from supervisor.loop import Supervisor
     from supervisor.routing import load_policy
 
     policy = load_policy(settings.project_dir)
@@ -197,33 +215,34 @@ def cmd_run(settings: Settings) -> int:
         import_features(settings)
     queue = open_queue(settings)
     queue.default_max_attempts = policy.max_attempts
-    if not queue.status_report().features:
+    if not serve and not queue.status_report().features:
         raise InputError(
             f"no features to run: create {settings.features_file} (see features.example.json) or pass --features FILE"
         )
     settings = dataclasses.replace(
-        settings, policy=policy, database_url=queue.db.url.render_as_string(hide_password=False)
+        settings, policy=policy, database_url=queue.db.url.render_as_string(hide_password=False), serve=serve
     )
     runner = ClaudeRunner(cli_path=policy.cli_path, project_dir=settings.project_dir)
-    supervisor = Supervisor(queue, runner, settings, make_view(), git=git)
     # Modules, mappers and compiled statements live as long as the process: keeping them out of
     # the collector's full scans shortens its pauses, which landed on dispatches (50-95 ms).
     gc.freeze()
-    try:
-        summary = asyncio.run(supervisor.run())
-    finally:
-        runner.close()
-    if summary.stop_reason and summary.exit_code != 130:
-        print(f"agent-manager: error: {summary.stop_reason}", file=sys.stderr)
-    return summary.exit_code
+    return settings, queue, runner, git
 
 
 def cmd_logs(settings: Settings, feature_id: int, attempt: int | None, raw: bool) -> int:
     """Print a feature's attempts and the transcript of one (the last by default)."""
+    from supervisor.routing import load_policy
+
     queue = open_queue(settings, must_exist=True)
     feature = queue.feature_context(feature_id)
     runs = queue.runs(feature_id)
     display.print_runs(feature, runs)
+    role = load_policy(settings.project_dir).role_for(feature.category)
+    print(f"role ({role[0]}): {role[1]}" if role else f"role: none for category {feature.category or '(none)'}")
+    for q in queue.questions(open_only=False, feature_id=feature_id):
+        print(f"question: {q.question}\n  answer: {q.answer if q.answered_at else '(waiting: agent-manager answer)'}")
+    for p in queue.permissions(open_only=False, feature_id=feature_id):
+        print(f"permission request {p.id}: {p.summary}: {p.decision}" + (f" ({p.reason})" if p.reason else ""))
     if not runs:
         return 0
     chosen = runs[-1] if attempt is None else next((r for r in runs if r.attempt == attempt), None)

@@ -32,6 +32,8 @@ class Settings:
     isolation: str | None = None
     branch: str | None = None
     remote: str | None = None  # a git remote holding the integration branch (several hosts)
+    # Serve mode: keep running when the queue is empty, and dispatch features added later.
+    serve: bool = False
 
     @property
     def state_dir(self) -> Path:

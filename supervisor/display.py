@@ -148,6 +148,11 @@ def transcript_line(entry: dict[str, Any]) -> str:
         return f"> prompt ({data.get('model')}):\n{data.get('prompt')}"
     if kind == "reminder":
         return f"> reminder {data.get('n')}: feature_release was not called"
+    if kind == "nudge":
+        return f"> {data.get('text')}"
+    if kind == "permission":
+        verdict = "allowed" if data.get("allowed") else f"denied ({data.get('reason')})"
+        return f"permission for {data.get('tool')}: {verdict}"
     if kind == "AssistantMessage":
         parts = []
         for block in data.get("content") or []:

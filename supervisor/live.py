@@ -147,7 +147,7 @@ def summary_lines(summary: RunSummary) -> list[str]:
     counts = summary.counts
     lines = ["", "summary:"]
     always = (Status.PASSING, Status.FAILED, Status.BLOCKED)
-    shown = [k for k in (*always, Status.PENDING, Status.CLAIMED) if counts.get(k) or k in always]
+    shown = [k for k in (*always, Status.NEEDS_INPUT, Status.PENDING, Status.CLAIMED) if counts.get(k) or k in always]
     lines.append("  " + ", ".join(f"{k}: {counts.get(k, 0)}" for k in shown))
     speedup = summary.agent_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
     lines.append(
@@ -161,6 +161,8 @@ def summary_lines(summary: RunSummary) -> list[str]:
         lines.append(f"  {model}: ${cost:.4f}, {tin} input / {tout} output tokens")
     total = sum(summary.cost_by_model.values())
     lines.append(f"  cost ${total:.4f}" + (f" of a ${summary.budget_usd:.2f} budget" if summary.budget_usd else ""))
+    if counts.get(Status.NEEDS_INPUT):
+        lines.append(f"  {counts[Status.NEEDS_INPUT]} feature(s) wait for an answer: agent-manager questions")
     if summary.git:
         lines.append(f"  git: {summary.git}")
     if summary.stop_reason:

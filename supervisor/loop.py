@@ -20,9 +20,10 @@ from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from api.changes import ChangeWatcher
 from api.errors import AgentManagerError, LeaseLostError, PathOutsideProjectError
 from api.queue import FeatureQueue
-from api.records import ClaimedFeature, FeatureContext, RunRecord, Status, StatusReport, Verdict
+from api.records import ClaimedFeature, Decision, FeatureContext, RunRecord, Status, StatusReport, Verdict
 from api.verify import run_verify
 from supervisor import verdict as verdicts
 from supervisor.budget import Budget
@@ -30,8 +31,17 @@ from supervisor.cli_state import feature_config_dir
 from supervisor.config import Settings
 from supervisor.gitrepo import commit_message
 from supervisor.integration import GitPlan, Integration, Landing, SetupFailed
-from supervisor.prompts import repair_prompt, retry_prompt, task_prompt
-from supervisor.runner import ActivityEvent, AgentOutcome, AgentRunner, AgentTask, Ending, Spend, WriteDecision
+from supervisor.prompts import repair_prompt, retry_prompt, system_append, task_prompt
+from supervisor.runner import (
+    ActivityEvent,
+    AgentOutcome,
+    AgentRunner,
+    AgentTask,
+    Ending,
+    Spend,
+    Steering,
+    WriteDecision,
+)
 from supervisor.sandbox import GIT_WRITES, denied_command
 from supervisor.throttle import Throttle
 from supervisor.view import AgentState, RunSummary, SupervisorView
@@ -42,6 +52,8 @@ log = logging.getLogger("agent_manager.supervisor")
 
 SHUTDOWN_GRACE_S = 10.0
 OUTAGE_CHECK_S = 1.0
+CONTROL_CHECK_S = 1.0  # stop and nudge requests are acted on within this (plus a database round trip)
+PERMISSION_POLL_S = 0.5
 DOING = {
     "tool": "running {detail}",
     "message": "thinking",
@@ -53,6 +65,8 @@ DOING = {
     "merge_wait": "waiting for the merge queue",
     "merge": "merging",
     "setup": "preparing its worktree",
+    "permission": "waiting for permission: {detail}",
+    "nudge": "told: {detail}",
 }
 
 
@@ -98,6 +112,9 @@ class Supervisor:
         self._fatal: tuple[str, int] | None = None
         self._lost: set[int] = set()
         self._signals = 0
+        self._steering: dict[int, Steering] = {}
+        self._stops: dict[int, tuple[str, bool, int]] = {}  # feature -> (reason, requeue, request id)
+        self._watcher: ChangeWatcher | None = None
 
     @property
     def limit(self) -> int:
@@ -132,6 +149,8 @@ class Supervisor:
         finally:
             await self._shutdown()
             scheduler.shutdown(wait=False)
+            if self._watcher is not None:
+                self._watcher.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
@@ -170,6 +189,9 @@ class Supervisor:
             if not self._tasks and self.budget.stop_reason:
                 return
             if not self._tasks and not claimed and paused_for <= 0:
+                if self.settings.serve:
+                    await self._idle()  # serve mode: wait for work added by anyone
+                    continue
                 # Nothing ready and nothing of ours running: finished, unless another
                 # supervisor still holds features whose success would unblock more.
                 report = await self._db(self.queue.status_report)
@@ -187,6 +209,22 @@ class Supervisor:
                 continue  # more may be ready right away
             await self._sleep_or_wake(paused_for if paused_for > 0 else None)
 
+    async def _idle(self) -> None:
+        """Serve mode with nothing to do: wake on any change to the queue (an import, an answer,
+        a lead's enqueue, another host's release), or after idle_poll_seconds (a reap is due)."""
+        if self._watcher is None:
+            self._watcher = ChangeWatcher(self.queue.db)
+        wake = asyncio.ensure_future(self._wake.wait())
+        change = asyncio.ensure_future(self._watcher.wait(self.settings.idle_poll_seconds))
+        try:
+            await asyncio.wait({wake, change}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+            if not change.done():
+                change.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await change
+
     async def _sleep_or_wake(self, seconds: float | None) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
@@ -198,6 +236,8 @@ class Supervisor:
         def done(_: asyncio.Task) -> None:
             self._tasks.pop(claim.id, None)
             self.agents.pop(claim.id, None)
+            self._steering.pop(claim.id, None)
+            self._stops.pop(claim.id, None)
             self._wake.set()
 
         task.add_done_callback(done)
@@ -209,6 +249,10 @@ class Supervisor:
         rather than leave the feature claimed by a supervisor that waits for it forever."""
         try:
             await self._agent(claim)
+            late = self._stops.pop(claim.id, None)
+            if late is not None:  # it came while the attempt was verifying or merging: too late to stop
+                why = "not applied: the session had already ended"
+                await self._db(self.queue.handled_control, late[2], why, self.owner)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -312,6 +356,10 @@ class Supervisor:
         feedback = claim.notes if last is not None and claim.attempts > 0 else None
         resume_id = last.session_id if resume and feedback and last is not None else None
         prompt = retry_prompt(feature, feedback) if resume_id and feedback else task_prompt(feature, feedback)
+        if claim.resume_prompt:
+            # A follow-up (an answered question, a lead's resume_feature): the same conversation goes on.
+            resume_id = claim.resume_session_id if resume else None
+            prompt = claim.resume_prompt if resume_id else f"{task_prompt(feature)}\n\n{claim.resume_prompt}"
         same_session = [r for r in previous if resume_id and r.session_id == resume_id]
         resumed = Spend(
             cost_usd=sum(r.cost_usd or 0.0 for r in same_session),
@@ -338,6 +386,8 @@ class Supervisor:
         def guard_bash(command: str) -> WriteDecision:
             entry = denied_command(command, policy.bash_deny)
             if entry is None:
+                if denied_command(command, policy.ask_bash) is not None:
+                    return WriteDecision(False, "a person must approve this command (ask_bash)", ask=True)
                 return WriteDecision(True)
             return WriteDecision(
                 False,
@@ -352,6 +402,11 @@ class Supervisor:
 
         async def on_session(session_id: str) -> None:
             await self._db(self.queue.set_run_session, run.id, session_id)
+
+        async def ask_permission(tool_name: str, tool_input: dict) -> WriteDecision:
+            return await self._ask_permission(claim, run, tool_name, tool_input)
+
+        role = policy.role_for(claim.category)
 
         return AgentTask(
             feature_id=claim.id,
@@ -376,6 +431,45 @@ class Supervisor:
             on_session=on_session,
             env=env,
             mcp_transport=policy.mcp_server,
+            ask_permission=ask_permission,
+            ask_tools=policy.ask_tools,
+            steering=self._steering.setdefault(claim.id, Steering()),
+            system_append=system_append(role[1] if role else None, role[0] if role else None),
+        )
+
+    async def _ask_permission(
+        self, claim: ClaimedFeature, run: RunRecord, tool_name: str, tool_input: dict
+    ) -> WriteDecision:
+        """A tool call outside the allow-list: stored, shown, and decided by a person (the CLI's
+        `approve`/`deny`, a lead's approve_permission) within permission_timeout_seconds."""
+        request = await self._db(self.queue.request_permission, claim.id, run.id, claim.agent_id, tool_name, tool_input)
+        if request.decision is Decision.OPEN:
+            self.view.note(
+                f"feature #{claim.id} asks to run {request.summary[:120]}: "
+                f"`agent-manager approve {request.id}` or `agent-manager deny {request.id}`"
+            )
+        timeout = self.settings.policy.permission_timeout_seconds
+        deadline = time.monotonic() + timeout
+        while request.decision is Decision.OPEN:
+            if time.monotonic() >= deadline:
+                why = f"nobody answered within {timeout:g} s"
+                request = await self._db(self.queue.expire_permission, request.id, why)
+                break
+            await asyncio.sleep(PERMISSION_POLL_S)
+            request = await self._db(self.queue.permission, request.id)
+        await self._db(self.queue.use_permission, request.id)
+        if request.decision is Decision.ALLOW:
+            self.view.note(f"feature #{claim.id}: permission request #{request.id} approved")
+            return WriteDecision(True)
+        if request.decision is Decision.DENY:
+            reason = f": {request.reason}" if request.reason else ""
+            self.view.note(f"feature #{claim.id}: permission request #{request.id} denied{reason}")
+            return WriteDecision(False, f"A person denied this {tool_name} call{reason}. Do without it and carry on.")
+        self.view.note(f"feature #{claim.id}: permission request #{request.id} timed out")
+        return WriteDecision(
+            False,
+            f"Nobody answered the request to use {tool_name} within {timeout:g} s, so it is denied. Do without it, "
+            "or call ask_question if you cannot go on without a person's decision.",
         )
 
     async def _run_session(self, claim: ClaimedFeature, state: AgentState, task: AgentTask) -> AgentOutcome:
@@ -409,6 +503,15 @@ class Supervisor:
         verdict = verdicts.judge(outcome, record, outcome.model or state.model, state.budget_source)
         if verdicts.stopped_by_run_budget(outcome, record, state.budget_source):
             self.budget.stop_for_run_cap()
+        stop = self._stops.pop(claim.id, None)
+        if stop is not None:
+            reason, requeue, request_id = stop
+            verdict = verdicts.stopped(verdict, reason, requeue)
+            if outcome.ending is not Ending.STOPPED:
+                outcome = dataclasses.replace(outcome, ending=Ending.STOPPED, message=f"stopped: {reason}")
+            await self._finish(claim, state, run, verdict, outcome, learn=False)
+            await self._db(self.queue.handled_control, request_id, verdict.status.value, self.owner)
+            return
         verdict, outcome = await self._verify(claim, state, task.cwd, verdict, outcome)
         commit = None
         if verdict.status is Status.PASSING and self.git.isolated:
@@ -583,6 +686,7 @@ class Supervisor:
         scheduler.add_job(self._heartbeat, id="heartbeat", **common)
         scheduler.add_job(self._reap, id="reaper", **common)
         scheduler.add_job(self.throttle.check_outage, id="outage", **(common | {"seconds": OUTAGE_CHECK_S}))
+        scheduler.add_job(self._controls, id="controls", **(common | {"seconds": CONTROL_CHECK_S}))
         scheduler.start()
         return scheduler
 
@@ -602,6 +706,36 @@ class Supervisor:
                 self.view.note(f"feature #{fid}: lease lost; stopping its session")
                 task.cancel()
 
+    async def _controls(self) -> None:
+        """Act on people's stop and nudge requests for the features this supervisor runs."""
+        if not self.agents:
+            return
+        try:
+            requests = await asyncio.to_thread(self.queue.open_controls, self.owner)
+        except AgentManagerError:
+            return  # the database is away: the throttle reports it; the requests wait
+        for request in requests:
+            fid = request.feature_id
+            steering = self._steering.get(fid)
+            if request.kind == "stop":
+                reason = request.text or "stopped by a person"
+                # Marked handled when the attempt has ended, with the feature's new status (_conclude).
+                if fid in self._stops or fid not in self.agents:
+                    continue
+                self._stops[fid] = (reason, request.requeue, request.id)
+                if steering is not None:
+                    steering.stop(reason)
+                self.view.note(f"feature #{fid}: stop requested: {reason}")
+                continue
+            if steering is None or fid not in self.agents:
+                result = "not delivered: its session had ended"
+            else:
+                steering.nudge(request.text)
+                result = "queued for its next turn"
+                self.view.note(f"feature #{fid}: nudged: {request.text[:80]}")
+            with contextlib.suppress(AgentManagerError):
+                await asyncio.to_thread(self.queue.handled_control, request.id, result, self.owner)
+
     async def _reap(self) -> None:
         try:
             reaped = await asyncio.to_thread(self.queue.reap_expired)
@@ -611,6 +745,18 @@ class Supervisor:
         if reaped:
             self.view.note(f"returned expired claims to pending: {', '.join(f'#{i}' for i in reaped)}")
             self._wake.set()
+
+    def poke(self) -> None:
+        """Look for claimable work now (something was just enqueued or answered in this process)."""
+        self._wake.set()
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Stop as on Ctrl-C: the claimed features go back to the queue, then run() returns."""
+        if not self._stopping:
+            self.view.note(f"stopping ({reason}): giving claimed features back")
+        self._stopping = True
+        self._fatal = self._fatal or (reason, 0)
+        self._wake.set()
 
     def _on_signal(self) -> None:
         self._signals += 1

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MCP_SERVER_NAME = "agent-manager"
-AGENT_MCP_TOOLS = ("feature_get", "feature_release", "claim_file", "release_file", "list_file_locks")
+AGENT_MCP_TOOLS = ("feature_get", "feature_release", "claim_file", "release_file", "list_file_locks", "ask_question")
 
 
 def mcp_tool_names() -> list[str]:

@@ -46,6 +46,8 @@ class Progress:
     in_flight: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # usage of responses since the result
     scale: float | None = None  # the CLI's exact cost / list-price cost, once a result is in
     stderr: list[str] = dataclasses.field(default_factory=list)
+    waiting: int = 0  # permission requests the session is waiting on: neither stalled nor timing out
+    waited_s: float = 0.0  # time spent waiting for people, added to the session's time limit
 
     @property
     def spend(self) -> Spend:

@@ -16,6 +16,9 @@ feature. Coordination goes through the `agent-manager` MCP tools:
 4. Finish by calling `feature_release` exactly once with your feature id and status `passing`
    (all acceptance steps hold), `failed` (you cannot complete it; say why) or `pending` (give it
    back unfinished). Put in `notes` what you built and what the next agent should know.
+5. If you cannot go on without a decision only a person can make, call `ask_question` and end
+   your turn without `feature_release`: you are resumed in this conversation with the answer.
+   Do not ask what you can find out from the code.
 """
 
 # What a specialist for each category is told on top of SYSTEM_APPEND (see ``system_append``).

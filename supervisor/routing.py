@@ -42,6 +42,7 @@ DEFAULT_MODELS = {"testing": "haiku", "documentation": "haiku"}
 MCP_TRANSPORTS = ("in-process", "stdio")
 DEFAULT_TIMEOUTS = {"haiku": 600.0, "sonnet": 1800.0, "opus": 3600.0}
 ISOLATIONS = ("worktree", "shared")
+TOOL_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 ROLE_LIMIT = 4000  # characters of one role's text
 NO_ROLE = "none"  # the [roles] value that drops a category's role
 ROLE_FILE_SUFFIXES = (".md", ".txt")
@@ -78,6 +79,11 @@ class AgentPolicy:
     gate_timeout_seconds: float = 1800.0  # for gate and worktree_setup
     # Category (lower case) -> the role's text, appended to the system prompt (prompts.system_append).
     roles: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ROLES))
+    # People in the loop: tools (e.g. WebFetch) and Bash command prefixes (e.g. "curl") an agent may
+    # use only once a person approves the call; the session waits this long for the decision.
+    ask_tools: tuple[str, ...] = ()
+    ask_bash: tuple[str, ...] = ()
+    permission_timeout_seconds: float = 600.0
 
     def model_for(self, category: str, override: str | None = None) -> str:
         """The feature's own ``model`` wins, then its category's, then the default."""
@@ -104,6 +110,7 @@ _COMMANDS = ("branch", "remote", "worktree_setup", "gate")  # non-empty strings
 # Settings with their own checks.
 _TABLES = (
     *("models", "timeouts", "roles", "bash_deny", "mcp_server", "cli_path", "isolation", "worktree_copy"),
+    *("ask_tools", "ask_bash"),
     *_COMMANDS,
 )
 _SCALARS = {f.name: f.type for f in dataclasses.fields(AgentPolicy) if f.name not in _TABLES}
@@ -148,10 +155,15 @@ def policy_from_mapping(data: Mapping[str, Any], source: str, base_dir: Path | N
             values["timeouts"] = {**DEFAULT_TIMEOUTS, **_numbers(value, source, "timeouts")}
         elif name == "roles":
             values["roles"] = _roles(value, source, base_dir or Path.cwd())
-        elif name == "bash_deny":
+        elif name in ("bash_deny", "ask_bash"):
             if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-                raise InputError(f'{source}: bash_deny must be a list of command prefixes such as "git push"')
-            values["bash_deny"] = tuple(value)
+                example = "git push" if name == "bash_deny" else "curl"
+                raise InputError(f'{source}: {name} must be a list of command prefixes such as "{example}"')
+            values[name] = tuple(value)
+        elif name == "ask_tools":
+            if not isinstance(value, list) or not all(isinstance(v, str) and TOOL_NAME_RE.match(v) for v in value):
+                raise InputError(f'{source}: ask_tools must be a list of tool names such as "WebFetch", got {value!r}')
+            values["ask_tools"] = tuple(value)
         elif name == "mcp_server":
             if value not in MCP_TRANSPORTS:
                 raise InputError(f'{source}: mcp_server must be "in-process" or "stdio", got {value!r}')

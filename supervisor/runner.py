@@ -6,11 +6,12 @@ scripted runners through the same protocol.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from api.identity import Identity
 
@@ -27,6 +28,7 @@ class Ending(enum.StrEnum):
     API_UNAVAILABLE = "api_unavailable"  # 429, 5xx, 529, connection errors: pause and retry later
     SETUP_ERROR = "setup_error"  # the CLI is missing or cannot start
     WORKSPACE_ERROR = "workspace_error"  # the feature's worktree could not be made ready: no session ran
+    STOPPED = "stopped"  # a person stopped it (agent-manager stop, the lead's stop_feature)
 
 
 INFRASTRUCTURE = frozenset({Ending.INTERRUPTED, Ending.AUTH_ERROR, Ending.API_UNAVAILABLE, Ending.SETUP_ERROR})
@@ -45,6 +47,40 @@ class Spend:
 class WriteDecision:
     allowed: bool
     reason: str = ""
+    ask: bool = False  # neither: a person decides (the SDK's can_use_tool, then task.ask_permission)
+
+
+OPERATOR = "Message from your operator: "
+
+
+class Steering:
+    """What people ask of a running session: stop it, or tell it something at its next turn.
+
+    The supervisor fills it from the database's stop/nudge requests; the runner reads it. Nudges
+    ride on the next tool result (a PostToolUse hook); any still undelivered when a turn ends are
+    sent as a new prompt in the same session.
+    """
+
+    def __init__(self) -> None:
+        self.stop_reason: str | None = None
+        self.stopped = asyncio.Event()
+        self._nudges: list[str] = []
+        self.delivered: list[str] = []
+
+    def stop(self, reason: str) -> None:
+        self.stop_reason = reason or "stopped by a person"
+        self.stopped.set()
+
+    def nudge(self, text: str) -> None:
+        self._nudges.append(text)
+
+    def take_nudges(self) -> str | None:
+        """The undelivered nudges as one message, or None; they count as delivered."""
+        if not self._nudges:
+            return None
+        texts, self._nudges = self._nudges, []
+        self.delivered += texts
+        return "\n\n".join(OPERATOR + text for text in texts)
 
 
 @dataclass(frozen=True)
@@ -77,6 +113,11 @@ class AgentTask:
     guard_bash: Callable[[str], WriteDecision] | None = None
     # Called as soon as the session id is known.
     on_session: Callable[[str], Awaitable[None]] | None = None
+    # A tool call outside the allow-list (ask_tools, ask_bash): waits for a person's decision.
+    ask_permission: Callable[[str, dict[str, Any]], Awaitable[WriteDecision]] | None = None
+    ask_tools: tuple[str, ...] = ()  # tools offered to the agent that need a person's permission
+    steering: Steering | None = None
+    system_append: str | None = None  # the protocol and the role; None: the protocol alone
     env: dict[str, str] = field(default_factory=dict)
     # "in-process": the coordination MCP server runs in the supervisor; "stdio": a process per session.
     mcp_transport: str = "in-process"
@@ -103,7 +144,7 @@ class ActivityEvent:
     """Progress of a running session, for the live view; the figures are this attempt's so far."""
 
     feature_id: int
-    kind: str  # "message", "tool", "waiting_lock", "turn", "rate_limit", "api_retry"
+    kind: str  # "message", "tool", "waiting_lock", "turn", "rate_limit", "api_retry", "permission", "nudge"
     detail: str = ""
     num_turns: int = 0
     cost_usd: float = 0.0

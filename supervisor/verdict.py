@@ -41,6 +41,8 @@ def _reported_or_ended(outcome: AgentOutcome, record: RunRecord) -> tuple[Status
         return Status.FAILED, notes or "the agent reported failed", True
     if record.reported_status == Status.PENDING:
         return Status.PENDING, notes, False
+    if record.reported_status == Status.NEEDS_INPUT:
+        return Status.NEEDS_INPUT, notes, False  # a question: the feature waits, no attempt used
     if outcome.ending in INFRASTRUCTURE:
         return Status.PENDING, outcome.message, False
     if outcome.ending is not Ending.COMPLETED:
@@ -50,6 +52,14 @@ def _reported_or_ended(outcome: AgentOutcome, record: RunRecord) -> tuple[Status
         f"the session ended without feature_release after {outcome.reminders_sent} reminder(s)",
         True,
     )
+
+
+def stopped(verdict: Verdict, reason: str, requeue: bool) -> Verdict:
+    """A person stopped the attempt: failed for good with the reason, or back to the queue unused."""
+    notes = f"stopped: {reason}"
+    if requeue:
+        return dataclasses.replace(verdict, status=Status.PENDING, notes=notes, count_attempt=False)
+    return dataclasses.replace(verdict, status=Status.FAILED, notes=notes, count_attempt=True, give_up=True)
 
 
 def stopped_by_run_budget(outcome: AgentOutcome, record: RunRecord, budget_source: str | None) -> bool:
@@ -109,4 +119,6 @@ def shown(verdict: Verdict, final: Status) -> str:
         return "failed attempt, will retry"
     if verdict.status is Status.PENDING and not verdict.count_attempt:
         return "given back"
+    if final == Status.NEEDS_INPUT:
+        return "waiting for an answer"
     return final or verdict.status

@@ -32,7 +32,10 @@ from mcp_server import Identity
 from mcp_server.server import SERVER_NAME, build_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TOOL_NAMES = {"feature_get", "feature_release", "feature_claim_batch", "claim_file", "release_file", "list_file_locks"}
+TOOL_NAMES = {
+    "feature_get", "feature_release", "feature_claim_batch", "claim_file", "release_file", "list_file_locks",
+    "ask_question",
+}  # fmt: skip
 CALL_TIMEOUT_S = 60
 
 

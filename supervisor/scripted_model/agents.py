@@ -200,6 +200,7 @@ class Agents:
         self.session_feature: dict[str, str] = {}
         self.sessions_by_feature: dict[str, list[str]] = {}  # feature -> session keys, in order of first sight
         self.prompts: dict[str, list[str]] = {}  # feature -> every prompt its sessions were given
+        self.system_prompts: dict[str, str] = {}  # feature -> the system prompt of its latest request
 
     def __call__(self, req: Request) -> Reply:
         if self.think_seconds:
@@ -212,6 +213,7 @@ class Agents:
         with self.lock:
             self.assigned_at.setdefault(name, time.monotonic())
             self.session_feature[req.session_key] = name
+            self.system_prompts[name] = req.system_text()
             sessions = self.sessions_by_feature.setdefault(name, [])
             if req.session_key not in sessions:
                 sessions.append(req.session_key)
