@@ -201,38 +201,42 @@ def test_permission_requests_wait_for_a_person_who_approves_one_and_denies_other
     )
 
 
-def test_stop_and_nudge_reach_a_session_run_by_another_supervisor_process(make_run: Callable[..., Run]) -> None:
+def test_stop_and_nudge_reach_sessions_run_by_another_supervisor_process(make_run: Callable[..., Run]) -> None:
     brain = Agents()
-    features = [
-        {"name": "long-a", "description": "[turns: 400] [sleep: 0.2]"},
-        {"name": "long-b", "description": "[turns: 400] [sleep: 0.2]"},
-    ]
+    long = "[turns: 400] [sleep: 0.2]"
+    features = [{"name": name, "description": long} for name in ("nudged", "stopped-by-cli", "stopped-by-lead")]
     run = make_run(brain, features)
-    serve = run.start("serve", "--max-agents", "2")
+    serve = run.start("serve", "--max-agents", "3")  # runs every session; the lead server below runs none
     try:
-        assert run.server.wait_until(lambda: len(brain.assigned_at) == 2, 90), "sessions did not start"
+        assert run.server.wait_until(lambda: len(brain.assigned_at) == 3, 90), "sessions did not start"
         ids = {f["name"]: f["id"] for f in run.status()["features"]}
 
         started = time.monotonic()
-        stop = run.supervise("stop", str(ids["long-b"]), "--reason", "wrong approach")
+        stop = run.supervise("stop", str(ids["stopped-by-cli"]), "--reason", "wrong approach")
         assert stop.returncode == 0, stop.stderr
         assert "stopped (failed)" in stop.stdout
         assert time.monotonic() - started < 10
-        nudged = run.supervise("nudge", str(ids["long-a"]), "use the v2 endpoint")
-        assert nudged.returncode == 0, nudged.stderr
 
-        assert run.server.wait_until(lambda: "long-a" in brain.released_at, 90)
+        async def scenario(client: Client) -> None:
+            stopped = await tool(client, "stop_feature", feature_id=ids["stopped-by-lead"], reason="not needed")
+            assert stopped == {"feature_id": ids["stopped-by-lead"], "stopped": True, "status": "failed"}
+            told = await tool(client, "nudge_feature", feature_id=ids["nudged"], text="use the v2 endpoint")
+            assert told["delivered"] == "queued for its next turn"
+            done = await tool(client, "wait", feature_ids=list(ids.values()), mode="all", timeout_s=90)
+            assert {f["name"]: f["status"] for f in done["finished"]} == {
+                "nudged": "passing", "stopped-by-cli": "failed", "stopped-by-lead": "failed",
+            }  # fmt: skip
+
+        with_lead(run, scenario)
         report = run.status()["by_name"]
-        assert report["long-b"]["status"] == "failed"
-        assert report["long-b"]["notes"] == "stopped: wrong approach"
-        assert report["long-b"]["attempts"] == 1
-        text = (run.project / "long-a.txt").read_text()
-        assert "operator: use the v2 endpoint" in text
+        assert report["stopped-by-cli"]["notes"] == "stopped: wrong approach"
+        assert report["stopped-by-lead"]["notes"] == "stopped: not needed"
+        assert "operator: use the v2 endpoint" in (run.project / "nudged.txt").read_text()
     finally:
         serve.send_signal(signal.SIGINT)
         serve.communicate(timeout=60)
-    # Its session stopped making requests when it was stopped.
-    assert "long-b" not in brain.released_at
+    # The stopped sessions made no more requests once stopped: they never got to release.
+    assert "stopped-by-cli" not in brain.released_at and "stopped-by-lead" not in brain.released_at
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
