@@ -44,9 +44,17 @@ def cmd_lead(settings: Settings) -> int:
             supervisor.stop("the lead's MCP client disconnected")  # give the claimed features back and leave
             summary = await run
             return summary.exit_code if summary.exit_code != 1 else 0
-        # The supervisor stopped (a bad key, Ctrl-C): keep answering the lead about the queue.
+        summary = run.result()
+        if summary.exit_code == 130:  # SIGTERM/SIGINT (Claude Code closing its MCP servers): leave now
+            # The stdio transport reads stdin in a worker thread that no cancellation reaches, and
+            # the event loop's shutdown would wait for it: the features are given back, so exit.
+            runner.close()
+            sys.stderr.flush()
+            os._exit(130)
+        # The supervisor stopped on its own (a rejected key, a dead database): keep answering the
+        # lead about the queue; its wait names why nothing runs.
         await serve
-        return run.result().exit_code
+        return summary.exit_code
 
     try:
         return asyncio.run(main())

@@ -369,3 +369,26 @@ def test_people_commands_name_what_is_wrong_in_one_line(make_run: Callable[..., 
         assert FeatureQueue(database).status_report().counts == {"pending": 1}
     finally:
         database.dispose()
+
+
+def test_sigterm_stops_a_lead_server_at_once_and_gives_its_features_back(make_run: Callable[..., Run]) -> None:
+    brain = Agents()
+    run = make_run(brain, [{"name": "long", "description": "[turns: 400] [sleep: 0.2]"}])
+    # As Claude Code runs it: stdin stays open (no MCP client is needed for the supervisor to start).
+    log = run.project / "lead-stderr.txt"
+    with open(log, "w") as err:
+        lead = subprocess.Popen(
+            run.command("lead"), env=run.env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO
+        )
+        try:
+            assert run.server.wait_until(lambda: "long" in brain.assigned_at, 90), "the session did not start"
+            lead.send_signal(signal.SIGTERM)
+            lead.wait(timeout=30)  # not communicate(): that would close stdin, which stops the server anyway
+        finally:
+            if lead.poll() is None:
+                lead.kill()
+            assert lead.stdin is not None
+            lead.stdin.close()
+    assert lead.returncode == 130, log.read_text()
+    assert run.status()["by_name"]["long"]["status"] == "pending"
+    assert run.status()["by_name"]["long"]["attempts"] == 0
