@@ -362,3 +362,30 @@ def test_two_supervisors_on_two_clones_of_one_bare_repository_land_every_feature
         git(run.project, "fetch", "-q", "origin")
         git(run.project, "merge-base", "--is-ancestor", "main", "origin/main")  # behind at most, never diverged
         assert git(run.project, "worktree", "list").count("\n") == 0
+
+
+def test_a_question_in_a_worktree_is_answered_and_the_resumed_session_lands_one_commit(
+    make_run: Callable[..., Run],
+) -> None:
+    brain = Agents()
+    run = make_run(brain, [{"name": "config", "description": "Write the config. [ask: YAML or TOML?]"}])
+    base = init_repo(run, {"README.md": "demo\n"})
+
+    first = run.supervise()
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "1 feature(s) wait for an answer" in first.stdout
+    assert run.status()["by_name"]["config"]["status"] == "needs_input"
+    assert feature_commits(run.project, base) == []  # nothing lands while it waits
+    worktree = run.project / ".agent-manager" / "worktrees" / "feature-1"
+    assert worktree.is_dir()  # kept for the resumed session
+
+    answered = run.supervise("answer", "1", "TOML")
+    assert answered.returncode == 0, answered.stderr
+    second = run.supervise()
+    assert second.returncode == 0, second.stdout + second.stderr
+
+    (commit,) = feature_commits(run.project, base)
+    assert commit["subject"] == "config" and commit["files"] == "config.txt"
+    assert "Their answer: TOML" in git(run.project, "show", "main:config.txt")
+    assert len(brain.sessions_by_feature["config"]) == 1  # the answer continued the asking session
+    assert_tidy(run.project)
