@@ -392,3 +392,33 @@ def test_sigterm_stops_a_lead_server_at_once_and_gives_its_features_back(make_ru
     assert lead.returncode == 130, log.read_text()
     assert run.status()["by_name"]["long"]["status"] == "pending"
     assert run.status()["by_name"]["long"]["attempts"] == 0
+
+
+def test_a_session_waiting_for_a_person_is_neither_stalled_nor_timed_out(make_run: Callable[..., Run]) -> None:
+    brain = Agents()
+    # A 3 s stall limit and an 8 s time limit; the person takes 9 s to decide.
+    run = make_run(
+        brain,
+        [{"name": "patient", "description": "[bash: touch slow.flag]"}],
+        ask_bash=["touch slow.flag"],
+        stall_seconds=3,
+        timeouts={"sonnet": 8, "haiku": 8},
+    )
+    supervisor = run.start()
+    try:
+        request = None
+        deadline = time.monotonic() + 90
+        while request is None and time.monotonic() < deadline:
+            shown = run.supervise("permissions", "--json")  # polled: the supervisor's process asks
+            listed = json.loads(shown.stdout)["permission_requests"] if shown.returncode == 0 else []
+            request = listed[0]["id"] if listed else None
+        assert request is not None, "no permission request"
+        time.sleep(9)  # deliberately longer than both limits: a person thinking it over
+        assert run.supervise("approve", str(request)).returncode == 0
+        out, err = supervisor.communicate(timeout=90)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+    assert supervisor.returncode == 0, out + err
+    assert (run.project / "slow.flag").exists()
+    assert run.status()["by_name"]["patient"]["attempts"] == 1
