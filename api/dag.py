@@ -59,8 +59,25 @@ def critical_path_lengths(graph: nx.DiGraph[Node]) -> dict[Node, int]:
 
 
 def claim_order(critical_path: int, priority: int) -> int:
-    """Ascending sort key stored per feature: longest chain first, then higher priority."""
+    """Ascending sort key by chain length in features: longest chain first, then higher priority."""
     return -(critical_path * _PATH_WEIGHT + priority + PRIORITY_LIMIT)
+
+
+def timed_paths(graph: nx.DiGraph[Node], seconds: Mapping[Node, float]) -> dict[Node, float]:
+    """For each node, the estimated seconds of the longest chain of work that starts at it, itself
+    included (``seconds`` per node; a finished node weighs 0)."""
+    import networkx as nx
+
+    paths: dict[Node, float] = {}
+    for node in reversed(list(nx.topological_sort(graph))):
+        paths[node] = seconds.get(node, 0.0) + max((paths[s] for s in graph.successors(node)), default=0.0)
+    return paths
+
+
+def timed_order(path_seconds: float, priority: int) -> int:
+    """The stored sort key: the longest remaining chain in estimated time first (to the
+    millisecond), then higher priority. With equal estimates it ranks as claim_order does."""
+    return -(round(path_seconds * 1000) * _PATH_WEIGHT + priority + PRIORITY_LIMIT)
 
 
 def ready_set(graph: nx.DiGraph[Node], status: Mapping[Node, str]) -> set[Node]:

@@ -33,7 +33,7 @@ def _find_migrations() -> Path:
 ALEMBIC_DIR = _find_migrations()
 # The newest revision in alembic/versions (a test keeps the two equal). A database already at
 # it is opened without importing alembic or parsing the scripts: every command opens one.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 # Any fixed 64-bit key: all supervisors serialise their first-start migration on it.
 _PG_MIGRATION_LOCK = 0x61676D6772  # "agmgr"
 SQLITE_BUSY_TIMEOUT_S = 30.0

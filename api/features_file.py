@@ -23,6 +23,9 @@ MAX_VERIFY = 10_000
 MAX_CATEGORY = 100
 MAX_MODEL = 100
 MAX_DEPENDENCIES = 10_000
+MAX_FILES = 1_000
+MAX_FILE_GLOB = 1_024
+MAX_ESTIMATE_MINUTES = 7 * 24 * 60  # a week: past that it is surely a typo (or seconds)
 MODEL_RE = re.compile(r"^(haiku|sonnet|opus|claude-[a-z0-9][a-z0-9.\-]*)$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -41,11 +44,13 @@ class FeatureSpec:
     model: str | None = None
     max_attempts: int | None = None
     max_cost_usd: float | None = None  # per-feature spending cap, summed over its attempts
+    estimate_minutes: float | None = None  # how long an attempt should take (claim order)
+    files: tuple[str, ...] = ()  # globs of the files it will touch, relative to the project (co-scheduling)
 
 
 _FIELDS = {
     "name", "description", "category", "priority", "depends_on", "steps", "verify", "model", "max_attempts",
-    "max_cost_usd",
+    "max_cost_usd", "estimate_minutes", "files",
 }  # fmt: skip
 
 
@@ -219,6 +224,27 @@ def _feature(item: Any, index: int, source: str) -> FeatureSpec:
         raise FeaturesFileError(f'{where}: "verify" is an empty command; remove it or give a command', (name,))
     # Repeated names collapse, order kept.
     depends_on = tuple(dict.fromkeys(strings("depends_on", MAX_DEPENDENCIES, MAX_NAME)))
+    estimate = item.get("estimate_minutes")
+    if estimate is not None and (
+        isinstance(estimate, bool)
+        or not isinstance(estimate, (int, float))
+        or not 0 < estimate <= MAX_ESTIMATE_MINUTES
+        or estimate != estimate
+    ):
+        raise FeaturesFileError(
+            f'{where}: "estimate_minutes" must be a number of minutes above 0 and at most '
+            f"{MAX_ESTIMATE_MINUTES:,} (a week), got {estimate!r}",
+            (name,),
+        )
+    files = tuple(dict.fromkeys(strings("files", MAX_FILES, MAX_FILE_GLOB)))
+    for pattern in files:
+        parts = pattern.replace("\\", "/").split("/")
+        if not pattern.strip() or pattern.startswith(("/", "~")) or ".." in parts or _CONTROL_RE.search(pattern):
+            raise FeaturesFileError(
+                f'{where}: "files" entries must be paths or globs relative to the project such as "src/api/**", '
+                f"got {pattern!r}",
+                (name,),
+            )
     return FeatureSpec(
         name=name,
         description=string("description", "", MAX_DESCRIPTION) or "",
@@ -230,6 +256,8 @@ def _feature(item: Any, index: int, source: str) -> FeatureSpec:
         model=model,
         max_attempts=integer("max_attempts", 1, MAX_ATTEMPTS_LIMIT),
         max_cost_usd=money("max_cost_usd"),
+        estimate_minutes=None if estimate is None else float(estimate),
+        files=files,
     )
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from api import dag
+from api import dag, estimates
 from api.errors import FeaturesFileError
 from api.models import Feature, FeatureDependency, utcnow
 from api.records import ImportReport, Status
@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from api.features_file import FeatureSpec
 
 # The fields of a FeatureSpec stored as they are (steps and depends_on are handled apart).
-_SPEC_FIELDS = ("description", "category", "priority", "verify", "model", "max_attempts", "max_cost_usd")
+_SPEC_FIELDS = (
+    "description", "category", "priority", "verify", "model", "max_attempts", "max_cost_usd", "estimate_minutes",
+)  # fmt: skip
 
 
 def dependency_map(session: Session) -> dict[str, tuple[str, ...]]:
@@ -42,7 +44,10 @@ def import_specs(session: Session, specs: list[FeatureSpec], *, is_sqlite: bool)
     if not is_sqlite:
         # Imports are rare; serialising them against claims keeps unmet_deps exact.
         session.execute(text("LOCK TABLE features IN SHARE ROW EXCLUSIVE MODE"))
-    columns = (Feature.id, Feature.name, Feature.status, Feature.steps, *(getattr(Feature, f) for f in _SPEC_FIELDS))
+    columns = (
+        *(Feature.id, Feature.name, Feature.status, Feature.steps, Feature.files),
+        *(getattr(Feature, f) for f in _SPEC_FIELDS),
+    )
     existing = {r.name: r for r in session.execute(select(*columns))}
     old_edges = dependency_map(session)
     added, updated, unchanged, skipped = [], [], [], []
@@ -56,6 +61,7 @@ def import_specs(session: Session, specs: list[FeatureSpec], *, is_sqlite: bool)
         changed = (
             any(getattr(row, f) != getattr(spec, f) for f in _SPEC_FIELDS)
             or list(row.steps or []) != list(spec.steps)
+            or list(row.files or []) != list(spec.files)
             or set(old_edges.get(spec.name, ())) != set(spec.depends_on)
         )
         if not changed:
@@ -68,7 +74,12 @@ def import_specs(session: Session, specs: list[FeatureSpec], *, is_sqlite: bool)
             session.execute(
                 update(Feature)
                 .where(Feature.id == row.id)
-                .values(steps=list(spec.steps), updated_at=utcnow(), **{f: getattr(spec, f) for f in _SPEC_FIELDS})
+                .values(
+                    steps=list(spec.steps),
+                    files=list(spec.files) or None,
+                    updated_at=utcnow(),
+                    **{f: getattr(spec, f) for f in _SPEC_FIELDS},
+                )
                 .execution_options(synchronize_session=False)
             )
 
@@ -101,6 +112,7 @@ def import_specs(session: Session, specs: list[FeatureSpec], *, is_sqlite: bool)
                 {
                     "name": s.name,
                     "steps": list(s.steps),
+                    "files": list(s.files) or None,
                     "status": Status.PENDING,
                     "created_at": now,
                     "updated_at": now,
@@ -130,6 +142,8 @@ def import_specs(session: Session, specs: list[FeatureSpec], *, is_sqlite: bool)
             changes.append({"id": ids[row.name], "critical_path": length, "claim_order": order, "unmet_deps": waiting})
     if changes:
         session.execute(update(Feature), changes)
+    # The claim order in use weighs each chain by estimated time (estimates.reorder).
+    estimates.reorder(session)
 
     in_file = {s.name for s in specs}
     return ImportReport(

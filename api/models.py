@@ -84,6 +84,15 @@ class Feature(Base):
     # or a lead's resume_feature). Cleared when an attempt that used it ends.
     resume_session_id: Mapped[str | None] = mapped_column(String(100))
     resume_prompt: Mapped[str | None] = mapped_column(Text)
+    # Scheduling (api.estimates): the user's estimate, the one in use (from it, or from the history
+    # of finished attempts), and the estimated time of the longest chain of work starting here.
+    estimate_minutes: Mapped[float | None] = mapped_column(Float)
+    estimate_seconds: Mapped[float | None] = mapped_column(Float)
+    path_seconds: Mapped[float | None] = mapped_column(Float)
+    # Globs of the files it will touch (features.json), and the paths its attempts locked: features
+    # whose files overlap are not run at once while other work is ready.
+    files: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
+    touched_files: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
@@ -145,6 +154,8 @@ class AgentRun(Base):
     # The commit a passing attempt landed (or is about to land) on the integration branch. Stored
     # before the branch moves, so a supervisor killed in between finds the feature already merged.
     commit_sha: Mapped[str | None] = mapped_column(String(64))
+    # Seconds its agent spent refused a file lock another agent held (claim_file or the write hook).
+    lock_wait_seconds: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         Index("ix_agent_runs_feature_id", "feature_id", "attempt"),

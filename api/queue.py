@@ -14,10 +14,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, and_, delete, select
+from sqlalchemy import Select, and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from api import defaults, importer, reads, statements
+from api import defaults, estimates, files, importer, reads, statements
 from api.database import Database
 from api.errors import InputError, LeaseLostError, NotFoundError
 from api.features_file import FeatureSpec
@@ -39,6 +39,9 @@ from api.records import (
 
 if TYPE_CHECKING:
     from api.verify import VerifyResult
+
+
+LOOKAHEAD = 16  # ready features read past the ``n`` wanted, to find some that share no files with running work
 
 
 class FeatureQueue(PeopleVerbs):
@@ -66,14 +69,21 @@ class FeatureQueue(PeopleVerbs):
         return statements.ready_query(n, skip_locked=not self.db.is_sqlite)
 
     def claim(self, n: int, owner: str) -> list[ClaimedFeature]:
-        """Atomically claim up to ``n`` ready features for ``owner``, best first."""
+        """Atomically claim up to ``n`` ready features for ``owner``, best first.
+
+        A feature whose files (declared or touched before) overlap a running feature's, or one
+        claimed just before it, waits: it would wait on file locks or head for a merge conflict.
+        """
         if n <= 0:
             return []
 
         def work(session: Session) -> list[ClaimedFeature]:
             now = utcnow()
             expires = now + timedelta(seconds=self.lease_seconds)
-            ids = session.scalars(self._ready_query(n)).all()
+            ids = session.scalars(self._ready_query(n + LOOKAHEAD)).all()
+            if not ids:
+                return []
+            ids = _apart(session, list(ids), n)
             if not ids:
                 return []
             params = statements.claim_params(ids, owner, now, expires)
@@ -114,7 +124,13 @@ class FeatureQueue(PeopleVerbs):
         statements.check_run_fields(run_fields)
 
         def work(session: Session) -> ReleaseResult | None:
-            session.execute(statements.update_run_statement(run_id, ended_at=utcnow(), **run_fields))
+            now = utcnow()
+            waited, locked = reads.lock_activity(session, run_id, now)
+            session.execute(
+                statements.update_run_statement(run_id, ended_at=now, lock_wait_seconds=waited, **run_fields)
+            )
+            if locked:  # what this feature touches, for keeping conflicting features apart later
+                _remember_files(session, claim.id, locked)
             session.execute(delete(FileLock).where(FileLock.owner == claim.agent_id))
             # Requests its session no longer waits for; a supervisor killed mid-wait leaves them
             # open instead, for the next attempt to reuse their decision.
@@ -385,6 +401,7 @@ class FeatureQueue(PeopleVerbs):
                 return LockResult(False, f"{path} was just released; try again", path)
             if holder.owner == agent_id:
                 return LockResult(True, f"you already hold {path}", path)
+            statements.log(session, [("lock_refused", feature_id, agent_id, {"path": path})])  # for lock-wait time
             who = f"feature #{holder.feature_id} ({holder.name})" if holder.feature_id else holder.owner
             return LockResult(False, f"{path} is held by {who}; work on other files or try again later", path)
 
@@ -474,6 +491,16 @@ class FeatureQueue(PeopleVerbs):
 
         return self.db.run(work)
 
+    def reorder(self, model_for: estimates.ModelFor | None = None) -> int:
+        """Refresh every unfinished feature's estimate and claim order from the attempts finished so
+        far (api.estimates); ``model_for(category, model)`` names the model a feature will run on."""
+        return self.db.run(lambda session: estimates.reorder(session, model_for))
+
+    def lock_wait_seconds(self, owner: str) -> float:
+        """Seconds the agents of ``owner``'s attempts spent refused a file lock, in all."""
+        query = select(func.coalesce(func.sum(AgentRun.lock_wait_seconds), 0.0)).where(AgentRun.owner == owner)
+        return float(self.db.run(lambda session: session.scalar(query), read_only=True) or 0.0)
+
     def status_report(self) -> StatusReport:
         return self.db.run(reads.status_report, read_only=True)
 
@@ -505,6 +532,46 @@ def _start_run(session: Session, claim: ClaimedFeature, model: str | None, trans
     }
     run_id = session.execute(statements.insert_run_statement(row)).scalar_one()
     return reads.run_record(AgentRun(id=run_id, **row))  # transient: its other columns read as None
+
+
+MAX_TOUCHED = 1_000
+
+
+def _remember_files(session: Session, feature_id: int, paths: list[str]) -> None:
+    before = session.scalar(select(Feature.touched_files).where(Feature.id == feature_id)) or []
+    merged = sorted({*before, *paths})[:MAX_TOUCHED]
+    if merged != sorted(before):
+        session.execute(
+            update(Feature)
+            .where(Feature.id == feature_id)
+            .values(touched_files=merged)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _apart(session: Session, ids: list[int], n: int) -> list[int]:
+    """Up to ``n`` of the ready ``ids`` (best first) whose files overlap no running feature's nor
+    each other's; features with no known files never conflict."""
+    known = {
+        fid: {*(declared or ()), *(touched or ())}
+        for fid, declared, touched in session.execute(statements.files_query(), {"ids": ids})
+    }
+    if not any(known.values()):  # nothing known about their files: nothing to keep apart
+        return ids[:n]
+    busy: list[str] = []
+    for declared, touched in session.execute(statements.running_files_query()):
+        busy += [*(declared or ()), *(touched or ())]
+    busy += session.scalars(select(FileLock.path)).all()
+    chosen: list[int] = []
+    for fid in ids:
+        mine = known.get(fid) or set()
+        if mine and files.overlap(mine, busy):
+            continue
+        chosen.append(fid)
+        busy += mine
+        if len(chosen) == n:
+            break
+    return chosen
 
 
 def _unblock_dependents(session: Session, feature_id: int, is_sqlite: bool) -> None:

@@ -80,6 +80,7 @@ def run_record(run: AgentRun) -> RunRecord:
         started_at=run.started_at,
         ended_at=run.ended_at,
         commit_sha=run.commit_sha,
+        lock_wait_seconds=run.lock_wait_seconds,
     )
 
 
@@ -170,6 +171,8 @@ def status_report(session: Session) -> StatusReport:
                 priority=r.priority,
                 critical_path=r.critical_path,
                 owner=r.owner if r.status == Status.CLAIMED else None,
+                estimate_seconds=r.estimate_seconds,
+                path_seconds=r.path_seconds if not Status(r.status).finished else None,
             )
             for r in rows
         )
@@ -217,6 +220,48 @@ def written_paths(session: Session, run_id: int) -> list[str]:
     )
     paths = {d["path"] for d in session.scalars(query) if isinstance(d, dict) and isinstance(d.get("path"), str)}
     return sorted(paths)
+
+
+def lock_activity(session: Session, run_id: int, now: datetime) -> tuple[float, list[str]]:
+    """(seconds the run's agent spent refused a file lock someone else held, the paths it locked).
+
+    A wait on a path runs from its first refusal to the agent's lock on it (or ``now``); waits on
+    several paths at once count once.
+    """
+    row = session.get(AgentRun, run_id)
+    if row is None:
+        raise NotFoundError(f"no agent run with id {run_id}")
+    query = (
+        select(Event.ts, Event.kind, Event.detail)
+        .where(
+            Event.owner == row.agent_id,
+            Event.kind.in_(("lock_refused", "file_locked")),
+            Event.ts >= row.started_at,
+        )
+        .order_by(Event.id)
+    )
+    waiting: dict[str, datetime] = {}
+    spans: list[tuple[datetime, datetime]] = []
+    locked: set[str] = set()
+    for ts, kind, detail in session.execute(query):
+        path = detail.get("path") if isinstance(detail, dict) else None
+        if not isinstance(path, str):
+            continue
+        if kind == "lock_refused":
+            waiting.setdefault(path, ts)
+        else:
+            locked.add(path)
+            if path in waiting:
+                spans.append((waiting.pop(path), ts))
+    spans += [(since, max(since, now)) for since in waiting.values()]
+    total, end = 0.0, None
+    for start, stop in sorted(spans):
+        if end is not None and start < end:
+            start = end
+        if stop > start:
+            total += (stop - start).total_seconds()
+            end = stop if end is None else max(end, stop)
+    return total, sorted(locked)
 
 
 def events(session: Session, feature_id: int | None) -> list[tuple[int, str, int | None, str | None]]:

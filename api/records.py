@@ -141,6 +141,8 @@ class FeatureView:
     priority: int
     critical_path: int
     owner: str | None
+    estimate_seconds: float | None = None  # an attempt's estimated time (api.estimates)
+    path_seconds: float | None = None  # the estimated time of the longest chain of work left from here
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -153,7 +155,13 @@ class FeatureView:
             "cost_usd": round(self.cost_usd, 6),
             "depends_on": list(self.depends_on),
             "notes": self.notes,
+            "estimate_minutes": _minutes(self.estimate_seconds),
+            "critical_path_minutes": _minutes(self.path_seconds),
         }
+
+
+def _minutes(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds / 60, 2)
 
 
 @dataclass(frozen=True)
@@ -178,6 +186,7 @@ class RunRecord:
     started_at: datetime
     ended_at: datetime | None
     commit_sha: str | None = None  # what a passing attempt landed on the integration branch
+    lock_wait_seconds: float | None = None  # refused a file lock another agent held
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,22 @@ def ready_query(n: int, *, skip_locked: bool) -> Select[int]:
 
 
 @functools.cache
+def files_query() -> Select[int, list[str] | None, list[str] | None]:
+    """(id, files, touched_files) of the features among ``ids``."""
+    return select(Feature.id, Feature.files, Feature.touched_files).where(
+        Feature.id.in_(bindparam("ids", expanding=True))
+    )
+
+
+@functools.cache
+def running_files_query() -> Select[list[str] | None, list[str] | None]:
+    """(files, touched_files) of the claimed features that have any."""
+    return select(Feature.files, Feature.touched_files).where(
+        Feature.status == Status.CLAIMED, (Feature.files.is_not(None)) | (Feature.touched_files.is_not(None))
+    )
+
+
+@functools.cache
 def claim_statement() -> ReturningUpdate[Feature]:
     """Claim the pending features among ``b_ids``: a new lease token, owner and agent id each."""
     new_token = Feature.lease_token + 1

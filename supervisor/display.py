@@ -45,6 +45,8 @@ _STATUS_COLUMNS = (
     ("attempts", "right"),
     ("model", "left"),
     ("cost", "right"),
+    ("estimate", "right"),  # an attempt's estimated time
+    ("path", "right"),  # the estimated time of the longest chain of work that starts here
 )
 RICH_TABLE_LIMIT = 500  # rich lays out ~1,500 rows a second: past this, plain aligned columns
 
@@ -63,6 +65,8 @@ def print_status(report: StatusReport, worktrees: dict[int, Path] | None = None)
             str(f.attempts),
             f.model or "-",
             f"${f.cost_usd:.4f}",
+            _minutes(f.estimate_seconds),
+            _minutes(f.path_seconds),
         )
         for f in report.features
     ]
@@ -83,6 +87,12 @@ def print_status(report: StatusReport, worktrees: dict[int, Path] | None = None)
         for fid, path in sorted(worktrees.items()):
             name, status = names.get(fid, ("?", "unknown"))
             out.print(f"  #{fid} {name} ({status}): {path}", markup=False, highlight=False)
+
+
+def _minutes(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds / 60:.1f}m" if seconds < 5940 else f"{seconds / 3600:.1f}h"
 
 
 def _print_plain_table(rows: list[tuple[str, ...]]) -> None:

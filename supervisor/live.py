@@ -161,6 +161,8 @@ def summary_lines(summary: RunSummary) -> list[str]:
         lines.append(f"  {model}: ${cost:.4f}, {tin} input / {tout} output tokens")
     total = sum(summary.cost_by_model.values())
     lines.append(f"  cost ${total:.4f}" + (f" of a ${summary.budget_usd:.2f} budget" if summary.budget_usd else ""))
+    if summary.lock_wait_seconds:
+        lines.append(f"  lock waits: {summary.lock_wait_seconds:.1f} agent-seconds refused a file another agent held")
     if counts.get(Status.NEEDS_INPUT):
         lines.append(f"  {counts[Status.NEEDS_INPUT]} feature(s) wait for an answer: agent-manager questions")
     if summary.git:

@@ -52,6 +52,7 @@ log = logging.getLogger("agent_manager.supervisor")
 
 SHUTDOWN_GRACE_S = 10.0
 OUTAGE_CHECK_S = 1.0
+REORDER_S = 10.0  # estimates follow the finished attempts at most this often
 CONTROL_CHECK_S = 1.0  # stop and nudge requests are acted on within this (plus a database round trip)
 PERMISSION_POLL_S = 0.5
 DOING = {
@@ -115,6 +116,7 @@ class Supervisor:
         self._steering: dict[int, Steering] = {}
         self._stops: dict[int, tuple[str, bool, int]] = {}  # feature -> (reason, requeue, request id)
         self._watcher: ChangeWatcher | None = None
+        self._finished_since_reorder = 1  # re-estimate once at start: earlier runs left history
 
     @property
     def limit(self) -> int:
@@ -145,6 +147,7 @@ class Supervisor:
         self.view.start(self)
         try:
             await self._preflight()
+            await self._reorder()
             await self._dispatch()
         finally:
             await self._shutdown()
@@ -561,6 +564,7 @@ class Supervisor:
             why = "lease lost; another supervisor owns it now"
             self.view.finished(state, "lost", why if lost else f"result discarded: {why}")
             return
+        self._finished_since_reorder += 1
         if learn:
             self.throttle.after(outcome, state.started)
         self.view.finished(state, verdicts.shown(verdict, result.status), verdict.notes)
@@ -687,6 +691,7 @@ class Supervisor:
         scheduler.add_job(self._reap, id="reaper", **common)
         scheduler.add_job(self.throttle.check_outage, id="outage", **(common | {"seconds": OUTAGE_CHECK_S}))
         scheduler.add_job(self._controls, id="controls", **(common | {"seconds": CONTROL_CHECK_S}))
+        scheduler.add_job(self._reorder, id="reorder", **(common | {"seconds": REORDER_S}))
         scheduler.start()
         return scheduler
 
@@ -705,6 +710,17 @@ class Supervisor:
             if task is not None:
                 self.view.note(f"feature #{fid}: lease lost; stopping its session")
                 task.cancel()
+
+    async def _reorder(self) -> None:
+        """Re-estimate the queue's features from the attempts finished since the last time."""
+        if not self._finished_since_reorder:
+            return
+        self._finished_since_reorder = 0
+        policy = self.settings.policy
+        try:
+            await asyncio.to_thread(self.queue.reorder, lambda category, model: policy.model_for(category, model))
+        except AgentManagerError as exc:
+            self.view.note(f"re-estimating the queue failed: {exc.message}")
 
     async def _controls(self) -> None:
         """Act on people's stop and nudge requests for the features this supervisor runs."""
@@ -784,9 +800,10 @@ class Supervisor:
     async def _summary(self, wall: float) -> RunSummary:
         try:
             counts = (await asyncio.to_thread(self.queue.status_report)).counts
+            waited = await asyncio.to_thread(self.queue.lock_wait_seconds, self.owner)
         except AgentManagerError as exc:
             self.view.note(f"cannot read the final status: {exc.message}")
-            counts = {}
+            counts, waited = {}, 0.0
         if self._fatal is not None:
             code = self._fatal[1]
         elif counts and set(counts) == {Status.PASSING}:
@@ -804,6 +821,7 @@ class Supervisor:
             exit_code=code,
             budget_usd=self.settings.max_cost_usd,
             git=self.git.summary(),
+            lock_wait_seconds=waited,
         )
 
 

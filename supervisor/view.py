@@ -75,6 +75,7 @@ class RunSummary:
     exit_code: int
     budget_usd: float | None = None
     git: str | None = None  # what landed in git, one line (None outside git)
+    lock_wait_seconds: float = 0.0  # agent-seconds this run's agents spent refused a file lock
 
 
 class RunState(Protocol):

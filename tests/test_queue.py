@@ -373,4 +373,8 @@ def test_status_json_has_the_documented_shape(queue: FeatureQueue) -> None:
         "cost_usd": 0.0,
         "depends_on": ["a"],
         "notes": "",
+        # Scheduling: no estimate and no history, so the default 10 minutes; b ends its chain.
+        "estimate_minutes": 10.0,
+        "critical_path_minutes": 10.0,
     }
+    assert doc["features"][0]["critical_path_minutes"] == 20.0
