@@ -222,3 +222,30 @@ def test_estimates_and_files_round_trip_through_import() -> None:
     raw = json.dumps([{"name": "x", "estimate_minutes": 7.5, "files": ["src/**", "src/**", "README.md"]}]).encode()
     (spec,) = parse_features(raw)
     assert spec.estimate_minutes == 7.5 and spec.files == ("src/**", "README.md")
+
+
+def test_the_supervisor_runs_a_non_overlapping_feature_beside_a_running_one_and_the_overlapping_one_after(
+    queue: FeatureQueue,
+) -> None:
+    from supervisor.runner import AgentOutcome, AgentTask
+    from tests.support.runners import ScriptedRunner, passes
+    from tests.support.supervise import supervise
+
+    queue.import_specs(
+        [
+            FeatureSpec(name="api", priority=3, files=("src/api/**",)),
+            FeatureSpec(name="users", priority=2, files=("src/api/users.py",)),
+            FeatureSpec(name="docs", priority=1, files=("docs/**",)),
+        ]
+    )
+
+    async def together(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
+        await runner.running_at_once(2)  # api and docs run at the same time, or this times out
+        return await passes(task, runner)
+
+    runner = ScriptedRunner(queue, by_feature={"api": together, "docs": together})
+    summary, _ = supervise(queue, runner, max_agents=2)
+    assert summary.exit_code == 0
+    names = [t.feature_name for t in runner.tasks]
+    assert sorted(names[:2]) == ["api", "docs"] and names[2] == "users"
+    assert runner.started["users"] >= runner.finished["api"]
