@@ -16,7 +16,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, RESULTS_DIR, console, parse_args, print_table
 
-BENCHMARKS = ("makespan", "dispatch", "claims", "mcp_latency", "cli_overhead", "scale", "git_merge", "serve_wake")
+BENCHMARKS = (
+    "makespan",
+    "dispatch",
+    "claims",
+    "mcp_latency",
+    "cli_overhead",
+    "scale",
+    "git_merge",
+    "serve_wake",
+    "file_conflicts",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
