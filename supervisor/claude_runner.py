@@ -334,7 +334,21 @@ class ClaudeRunner:
                 on_activity(progress.event(task.feature_id, "tool" if tools else "message", ", ".join(tools)))
             elif RateLimitEvent is not None and isinstance(message, RateLimitEvent):
                 info = message.rate_limit_info
-                on_activity(progress.event(task.feature_id, "rate_limit", info.status, utilization=info.utilization))
+                # The CLI states utilization only with a warning; the windows it read (raw
+                # "unifiedWindows": {"five_hour": {"utilization", "resetsAt"}, ...}) always say it.
+                # The most used window counts, with its own reset unless a hard limit names one.
+                used, kind = info.utilization, info.rate_limit_type
+                resets: float | None = info.resets_at
+                windows = (info.raw or {}).get("unifiedWindows")
+                for name, window in windows.items() if isinstance(windows, dict) else ():
+                    if not isinstance(window, dict) or not isinstance(window.get("utilization"), (int, float)):
+                        continue
+                    if window["utilization"] > (used or 0.0):
+                        used, at = float(window["utilization"]), window.get("resetsAt")
+                        if isinstance(at, (int, float)) and not (info.status == "rejected" and resets is not None):
+                            resets, kind = at, name
+                said = {"utilization": used, "resets_at": resets, "rate_limit_type": kind}
+                on_activity(progress.event(task.feature_id, "rate_limit", info.status, **said))
             elif isinstance(message, SystemMessage) and message.subtype == "api_retry":
                 data = message.data or {}
                 delay_ms = data.get("retry_delay_ms")

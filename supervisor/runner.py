@@ -155,6 +155,8 @@ class ActivityEvent:
     session_id: str | None = None
     model: str | None = None
     api_error_status: int | None = None  # "api_retry": the status the CLI is retrying (None: no connection)
+    resets_at: float | None = None  # "rate_limit": when the window resets (Unix time, seconds), if the CLI said
+    rate_limit_type: str | None = None  # "rate_limit": which window ("five_hour", "seven_day", ...), if said
 
 
 class AgentRunner(Protocol):

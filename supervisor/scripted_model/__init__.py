@@ -6,12 +6,13 @@ Importing it is cheap: claude_agent_sdk is imported only by `cli_options` and `r
 
 from __future__ import annotations
 
-from supervisor.scripted_model.cli import QueryRun, cli_options, isolated_cli_env, run_query
-from supervisor.scripted_model.faults import Delay, DropMidStream, HttpError
+from supervisor.scripted_model.cli import SUBSCRIPTION_ENV, QueryRun, cli_options, isolated_cli_env, run_query
+from supervisor.scripted_model.faults import Delay, DropMidStream, HttpError, rate_limit_headers
 from supervisor.scripted_model.messages import Brain, Reply, Request, ToolResult, Usage, text_block, tool_use_block
 from supervisor.scripted_model.server import FakeModelServer, LoggedRequest
 
 __all__ = [
+    "SUBSCRIPTION_ENV",
     "Brain",
     "Delay",
     "DropMidStream",
@@ -25,6 +26,7 @@ __all__ = [
     "Usage",
     "cli_options",
     "isolated_cli_env",
+    "rate_limit_headers",
     "run_query",
     "text_block",
     "tool_use_block",

@@ -11,6 +11,11 @@ if TYPE_CHECKING:
     # The SDK takes about a second to import; the demo and the standalone server never need it.
     from claude_agent_sdk import ClaudeAgentOptions, ResultMessage
 
+# Subscription (claude.ai OAuth) credentials instead of an API key: only then (or through a
+# gateway token) does the CLI read the unified rate-limit headers and emit RateLimitEvents.
+# The fake accepts any token; `isolated_cli_env(url, tmp, **SUBSCRIPTION_ENV)`.
+SUBSCRIPTION_ENV = {"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-scripted-model", "ANTHROPIC_API_KEY": ""}
+
 
 def isolated_cli_env(base_url: str, tmp_path: Path | str, **extra: str) -> dict[str, str]:
     """Environment for one CLI session: talks only to `base_url` and keeps all of its state

@@ -150,7 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
             fault = None
         if isinstance(fault, HttpError):
             self.fake._log(req, f"http_error:{fault.status}")
-            self._send_json(fault.status, fault.payload(), fault.headers)
+            self._send_json(fault.status, fault.payload(), self.fake.response_headers | fault.headers)
             return
         reply = self.fake._reply_for(req)
         if isinstance(fault, DropMidStream):
@@ -167,13 +167,15 @@ class _Handler(BaseHTTPRequestHandler):
             if fault is not None:
                 self._reset()
                 return False
-            self._send_json(200, message)
+            self._send_json(200, message, self.fake.response_headers)
             return True
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("cache-control", "no-cache")
         self.send_header("transfer-encoding", "chunked")
         self.send_header("request-id", f"req_fake_{uuid.uuid4().hex[:16]}")
+        for name, value in self.fake.response_headers.items():
+            self.send_header(name, value)
         self.end_headers()
         try:
             for n, (event, data) in enumerate(sse_events(message)):

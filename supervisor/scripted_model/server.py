@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from supervisor.scripted_model.faults import Fault, HttpError
+from supervisor.scripted_model.faults import Fault, HttpError, rate_limit_headers
 from supervisor.scripted_model.messages import (
     Brain,
     Reply,
@@ -98,6 +98,10 @@ class FakeModelServer:
         self.models_by_session: dict[str, list[str]] = {}
         self.peak_concurrency = 0
         self._active: set[str] = set()
+        # Extra headers on every response to a POST /v1/messages the brain or a fault answers (side
+        # requests included), e.g. `rate_limit_headers(...)`; may be replaced at any time.
+        self.response_headers: dict[str, str] = {}
+        self._limited: tuple[float, str] | None = None  # limit_until(): (resets_at, window)
         self._persistent: HttpError | None = None
         self._persistent_everywhere = False
         self._memo: dict[tuple[str, str], Reply] = {}
@@ -160,6 +164,12 @@ class FakeModelServer:
     def recover(self) -> None:
         self._persistent = None
 
+    def limit_until(self, resets_at: float, window: str = "five_hour") -> None:
+        """A subscription's hard rate limit: until ``resets_at`` (Unix time) every agent-loop request
+        is answered 429 with the rate-limit headers of a used-up ``window`` (status "rejected",
+        utilization 1); from then on as before. Faults queued meanwhile wait for a request after it."""
+        self._limited = (resets_at, window)
+
     # -- observation --------------------------------------------------------------------------
 
     @property
@@ -203,6 +213,9 @@ class FakeModelServer:
                 models.append(req.model)
             if self._persistent is not None:
                 return self._persistent
+            if self._limited is not None and time.time() < self._limited[0]:
+                resets_at, window = self._limited
+                return HttpError(429, headers=rate_limit_headers("rejected", resets_at, utilization=1.0, window=window))
             return self.faults.popleft() if self.faults else None
 
     def _log(self, req: Request, kind: str, stop_reason: str | None = None) -> None:
