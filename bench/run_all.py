@@ -26,6 +26,7 @@ BENCHMARKS = (
     "git_merge",
     "serve_wake",
     "file_conflicts",
+    "rate_limit",
 )
 
 

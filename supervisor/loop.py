@@ -265,6 +265,10 @@ class Supervisor:
             await self._release(claim, Verdict(Status.PENDING, message, count_attempt=False))
 
     async def _agent(self, claim: ClaimedFeature) -> None:
+        if self.throttle.paused_for() > 0:
+            # Claimed just before a rate limit (or an outage) paused the run: back to the queue, unused.
+            await self._release(claim, Verdict(Status.PENDING, "", count_attempt=False))
+            return
         cap, cap_source = self.budget.session_cap(claim)
         if cap is not None and cap <= 0:
             await self._out_of_budget(claim, cap_source)
