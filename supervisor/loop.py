@@ -725,6 +725,8 @@ class Supervisor:
             await asyncio.to_thread(self.queue.reorder, lambda category, model: policy.model_for(category, model))
         except AgentManagerError as exc:
             self.view.note(f"re-estimating the queue failed: {exc.message}")
+        except asyncio.CancelledError:
+            return  # the run is stopping; the estimates are refreshed next time
 
     async def _controls(self) -> None:
         """Act on people's stop and nudge requests for the features this supervisor runs."""
