@@ -695,7 +695,7 @@ class Supervisor:
         scheduler.add_job(self._reap, id="reaper", **common)
         scheduler.add_job(self.throttle.check_outage, id="outage", **(common | {"seconds": OUTAGE_CHECK_S}))
         scheduler.add_job(self._controls, id="controls", **(common | {"seconds": CONTROL_CHECK_S}))
-        scheduler.add_job(self._reorder, id="reorder", **(common | {"seconds": REORDER_S}))
+        scheduler.add_job(self._reorder_job, id="reorder", **(common | {"seconds": REORDER_S}))
         scheduler.start()
         return scheduler
 
@@ -725,8 +725,10 @@ class Supervisor:
             await asyncio.to_thread(self.queue.reorder, lambda category, model: policy.model_for(category, model))
         except AgentManagerError as exc:
             self.view.note(f"re-estimating the queue failed: {exc.message}")
-        except asyncio.CancelledError:
-            return  # the run is stopping; the estimates are refreshed next time
+
+    async def _reorder_job(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # the run stopped mid-reorder: nothing to report
+            await self._reorder()
 
     async def _controls(self) -> None:
         """Act on people's stop and nudge requests for the features this supervisor runs."""
