@@ -80,12 +80,15 @@ class FeatureQueue(PeopleVerbs):
         def work(session: Session) -> list[ClaimedFeature]:
             now = utcnow()
             expires = now + timedelta(seconds=self.lease_seconds)
-            ids = session.scalars(self._ready_query(n + LOOKAHEAD)).all()
+            ids = list(session.scalars(self._ready_query(n)).all())
             if not ids:
                 return []
-            ids = _apart(session, list(ids), n)
-            if not ids:
-                return []
+            if _any_files(session, ids):
+                # Some may share files with running work: look further for ones that do not. Only
+                # then are more rows locked (SKIP LOCKED), so file-less queues claim as before.
+                ids = _apart(session, list(session.scalars(self._ready_query(n + LOOKAHEAD)).all()), n)
+                if not ids:
+                    return []
             params = statements.claim_params(ids, owner, now, expires)
             rows = session.execute(statements.claim_statement(), params).scalars().all()
             claimed = sorted((reads.claimed(row) for row in rows), key=lambda c: ids.index(c.id))
@@ -547,6 +550,10 @@ def _remember_files(session: Session, feature_id: int, paths: list[str]) -> None
             .values(touched_files=merged)
             .execution_options(synchronize_session=False)
         )
+
+
+def _any_files(session: Session, ids: list[int]) -> bool:
+    return any(declared or touched for _, declared, touched in session.execute(statements.files_query(), {"ids": ids}))
 
 
 def _apart(session: Session, ids: list[int], n: int) -> list[int]:

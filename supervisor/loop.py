@@ -198,7 +198,7 @@ class Supervisor:
                 # Nothing ready and nothing of ours running: finished, unless another
                 # supervisor still holds features whose success would unblock more.
                 report = await self._db(self.queue.status_report)
-                if not report.counts.get(Status.CLAIMED):
+                if not report.counts.get(Status.CLAIMED) and not _ready_left(report):
                     if settled:
                         return
                     # Claim once more first: a release or a reap may have landed after the last claim read.
@@ -831,6 +831,13 @@ class Supervisor:
             git=self.git.summary(),
             lock_wait_seconds=waited,
         )
+
+
+def _ready_left(report: StatusReport) -> bool:
+    """Pending features whose dependencies all passed: another supervisor's claim transaction may
+    hold them for a moment (SKIP LOCKED), so a claim that found none does not mean the run is over."""
+    passed = {f.name for f in report.features if f.status == Status.PASSING}
+    return any(f.status == Status.PENDING and all(d in passed for d in f.depends_on) for f in report.features)
 
 
 def _landing_problem(landing: Landing, branch: str) -> str:
