@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.tools import Tool
 
 from api.database import Database
 from api.errors import AgentManagerError
@@ -24,7 +26,7 @@ INSTRUCTIONS = (
 QueueFactory = Callable[[Identity], FeatureQueue]
 """Builds the queue for an identity; a queue it returns is the caller's to close."""
 
-__all__ = ["SERVER_NAME", "AppContext", "Identity", "QueueFactory", "build_server"]
+__all__ = ["SERVER_NAME", "AppContext", "Identity", "QueueFactory", "build_server", "server_tools"]
 
 
 def build_server(
@@ -60,12 +62,21 @@ def build_server(
                 if queue_factory is None:
                     queue.db.dispose()
 
-    server: MCPServer[AppContext] = MCPServer(
-        SERVER_NAME, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
+    return MCPServer(
+        SERVER_NAME, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING", tools=server_tools()
     )
-    for tool in (*feature_mcp.TOOLS, *coordination_mcp.TOOLS):
-        server.add_tool(tool)
-    return server
+
+
+@functools.cache
+def _tools_once() -> tuple[Tool, ...]:
+    return tuple(Tool.from_function(fn) for fn in (*feature_mcp.TOOLS, *coordination_mcp.TOOLS))
+
+
+def server_tools() -> list[Tool]:
+    """The tools, built once per process and shared by its servers (a Tool holds no state of a
+    server): building them (pydantic models of every argument list and result) takes ~30 ms,
+    and the supervisor builds a server for every session, on its event loop."""
+    return list(_tools_once())
 
 
 def _let_go(queue: FeatureQueue, agent_id: str) -> None:

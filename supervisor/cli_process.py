@@ -7,8 +7,11 @@ the agent writes a file or runs a command. Where each CLI keeps its state is sup
 
 from __future__ import annotations
 
+import functools
 import os
+import shlex
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +34,22 @@ WRITE_TOOLS = "Write|Edit|MultiEdit|NotebookEdit"
 # pass to another supervisor. SIGTERM, not SIGKILL: the CLI then stops its own MCP server and
 # Bash commands. The signal comes when the thread that started the CLI exits: the SDK starts it
 # from the event loop's thread, which lives as long as the supervisor.
-_GUARD_SCRIPT = """#!{python} -I
+#
+# util-linux's setpriv sets the signal and execs a shell that checks the supervisor is still its
+# parent (it may have died before the signal was armed) and becomes the CLI: a few milliseconds.
+# Where setpriv is missing or refuses, Python does the same (~50 ms of CPU per session).
+_SETPRIV_GUARD = """#!/bin/sh
+# Written by agent-manager (supervisor/cli_process.py): runs the claude CLI so that it dies with its supervisor.
+exec {setpriv} --pdeathsig TERM -- /bin/sh -c '
+if [ "$PPID" != "${{AGENT_MANAGER_SUPERVISOR_PID:-$PPID}}" ]; then
+    echo "agent-manager: the supervisor exited before its claude CLI started" >&2
+    exit 1
+fi
+cli=$AGENT_MANAGER_CLAUDE_CLI
+unset AGENT_MANAGER_CLAUDE_CLI AGENT_MANAGER_SUPERVISOR_PID
+exec "$cli" "$@"' claude-guard "$@"
+"""
+_PYTHON_GUARD = """#!{python} -I
 # Written by agent-manager (supervisor/cli_process.py): runs the claude CLI so that it dies with its supervisor.
 import ctypes, os, signal, sys
 ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
@@ -40,8 +58,36 @@ if str(os.getppid()) != os.environ.pop("AGENT_MANAGER_SUPERVISOR_PID", str(os.ge
 cli = os.environ.pop("AGENT_MANAGER_CLAUDE_CLI")
 os.execv(cli, [cli, *sys.argv[1:]])
 """
-# prctl is Linux's; a shebang line cannot hold spaces and is cut at 127 bytes on older kernels.
-_GUARD_WORKS = sys.platform.startswith("linux") and " " not in sys.executable and len(sys.executable) < 120
+
+
+@functools.cache
+def guard_script() -> str | None:
+    """The guard for this machine (checked once per process), or None where none can work."""
+    if not sys.platform.startswith("linux"):  # prctl is Linux's
+        return None
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None and Path("/bin/sh").is_file() and _setpriv_works(setpriv):
+        return _SETPRIV_GUARD.format(setpriv=shlex.quote(setpriv))
+    return python_guard_script()
+
+
+def python_guard_script() -> str | None:
+    """The guard in Python, or None if a shebang line cannot name this interpreter."""
+    # A shebang line cannot hold spaces and is cut at 127 bytes on older kernels.
+    if " " in sys.executable or len(sys.executable) >= 120:
+        return None
+    return _PYTHON_GUARD.format(python=sys.executable)
+
+
+def _setpriv_works(setpriv: str) -> bool:
+    """util-linux before 2.33 (2018) has no --pdeathsig; a sandbox may refuse the prctl."""
+    try:
+        done = subprocess.run(
+            [setpriv, "--pdeathsig", "TERM", "--", "/bin/sh", "-c", "exit 0"], capture_output=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
 
 
 class CliLauncher:
@@ -51,6 +97,7 @@ class CliLauncher:
         self.cli_path = cli_path
         self.project_dir = project_dir  # a relative cli_path is taken from here
         self._guards: dict[Path, str | None] = {}
+        guard_script()  # probes setpriv once per process: here, not in the first session's start
 
     def executable(self) -> str | None:
         """The executable the sessions run; None if there is none (or it is not executable)."""
@@ -79,12 +126,14 @@ class CliLauncher:
 
     def _guard(self, directory: Path) -> str | None:
         if directory not in self._guards:
-            self._guards[directory] = _write_guard(directory) if _GUARD_WORKS else None
+            self._guards[directory] = _write_guard(directory)
         return self._guards[directory]
 
 
 def _write_guard(directory: Path) -> str | None:
-    path, script = directory / "claude-guard", _GUARD_SCRIPT.format(python=sys.executable)
+    path, script = directory / "claude-guard", guard_script()
+    if script is None:
+        return None
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if not path.is_file() or path.read_text(encoding="utf-8") != script:

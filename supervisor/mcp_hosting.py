@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from api.database import Database
 from api.identity import Identity
 from api.queue import FeatureQueue
-from mcp_server.server import build_server
+from mcp_server.server import build_server, server_tools
 from supervisor.runner import AgentTask
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ class McpHost:
 
     def __init__(self) -> None:
         self._queues: dict[tuple[str, Path, float], FeatureQueue] = {}
+        server_tools()  # built once per process (~30 ms), here rather than in the first session's start
 
     def server(self, task: AgentTask) -> McpServerConfig:
         """The session's MCP server entry for ClaudeAgentOptions.mcp_servers."""
