@@ -27,6 +27,7 @@ BENCHMARKS = (
     "serve_wake",
     "file_conflicts",
     "rate_limit",
+    "session_start",
 )
 
 
