@@ -396,13 +396,14 @@ def test_sigterm_stops_a_lead_server_at_once_and_gives_its_features_back(make_ru
 
 def test_a_session_waiting_for_a_person_is_neither_stalled_nor_timed_out(make_run: Callable[..., Run]) -> None:
     brain = Agents()
-    # A 3 s stall limit and an 8 s time limit; the person takes 9 s to decide.
+    # A 5 s stall limit and a 15 s time limit (room for a slow CLI start on a loaded machine); the
+    # person takes 16 s to decide.
     run = make_run(
         brain,
         [{"name": "patient", "description": "[bash: touch slow.flag]"}],
         ask_bash=["touch slow.flag"],
-        stall_seconds=3,
-        timeouts={"sonnet": 8, "haiku": 8},
+        stall_seconds=5,
+        timeouts={"sonnet": 15, "haiku": 15},
     )
     supervisor = run.start()
     try:
@@ -413,7 +414,7 @@ def test_a_session_waiting_for_a_person_is_neither_stalled_nor_timed_out(make_ru
             listed = json.loads(shown.stdout)["permission_requests"] if shown.returncode == 0 else []
             request = listed[0]["id"] if listed else None
         assert request is not None, "no permission request"
-        time.sleep(9)  # deliberately longer than both limits: a person thinking it over
+        time.sleep(16)  # deliberately longer than both limits: a person thinking it over
         assert run.supervise("approve", str(request)).returncode == 0
         out, err = supervisor.communicate(timeout=90)
     finally:
