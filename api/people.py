@@ -180,17 +180,7 @@ class PeopleVerbs:
     def permission(self, request_id: int) -> PermissionRecord:
         """One request. Raises NotFoundError."""
 
-        def work(session: Session) -> PermissionRecord:
-            found = session.execute(
-                select(PermissionRequest, Feature.name)
-                .join(Feature, Feature.id == PermissionRequest.feature_id)
-                .where(PermissionRequest.id == request_id)
-            ).first()
-            if found is None:
-                raise NotFoundError(f"no permission request with id {request_id}; see `permissions`")
-            return _permission(found[0], found[1])
-
-        return self.db.run(work, read_only=True)
+        return self.db.run(lambda session: _permission(*_find_permission(session, request_id)), read_only=True)
 
     def permissions(self, *, open_only: bool = True, feature_id: int | None = None) -> list[PermissionRecord]:
         """Permission requests, oldest first: by default those waiting for a decision."""
@@ -221,14 +211,7 @@ class PeopleVerbs:
 
     def _decide(self, request_id: int, decision: Decision, reason: str | None, by: str | None) -> PermissionRecord:
         def work(session: Session) -> PermissionRecord:
-            found = session.execute(
-                select(PermissionRequest, Feature.name)
-                .join(Feature, Feature.id == PermissionRequest.feature_id)
-                .where(PermissionRequest.id == request_id)
-            ).first()
-            if found is None:
-                raise NotFoundError(f"no permission request with id {request_id}; see `permissions`")
-            request, name = found
+            request, name = _find_permission(session, request_id)
             if request.decision is not None:
                 was = {"allow": "allowed", "deny": "denied", "timeout": "timed out"}[request.decision]
                 raise InputError(f"permission request #{request_id} was already {was}")
@@ -393,6 +376,18 @@ def resume_answered(session: Session, feature_ids: list[int]) -> None:
             .execution_options(synchronize_session=False)
         )
         asked.resumed_at = now
+
+
+def _find_permission(session: Session, request_id: int) -> tuple[PermissionRequest, str]:
+    """A permission request and its feature's name. Raises NotFoundError."""
+    found = session.execute(
+        select(PermissionRequest, Feature.name)
+        .join(Feature, Feature.id == PermissionRequest.feature_id)
+        .where(PermissionRequest.id == request_id)
+    ).first()
+    if found is None:
+        raise NotFoundError(f"no permission request with id {request_id}; see `permissions`")
+    return found[0], found[1]
 
 
 def _has_open_question(session: Session, feature_id: int) -> bool:

@@ -4,13 +4,8 @@ files overlap are not run at once while other work is ready, and lock waits are 
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,14 +13,13 @@ from hypothesis import strategies as st
 from sqlalchemy import select, update
 
 from api import dag, estimates
-from api.database import Database
 from api.errors import FeaturesFileError
 from api.features_file import FeatureSpec, parse_features
 from api.files import overlap, patterns_overlap
 from api.models import AgentRun, Feature
 from api.queue import FeatureQueue
 from api.records import Status, Verdict
-from tests.test_dag_properties import Dag, dags, migrated_sqlite, stored_status  # noqa: F401 - a fixture
+from tests.test_dag_properties import Dag, dags, fresh_queue, migrated_sqlite, stored_status  # noqa: F401 - fixtures
 
 
 def name(n: int) -> str:
@@ -46,26 +40,12 @@ def brute_timed_paths(g: Dag, minutes: dict[int, float]) -> dict[int, float]:
     return path
 
 
-@pytest.fixture
-def fresh_queue(migrated_sqlite: Path):  # noqa: F811 - the imported fixture
-    @contextlib.contextmanager
-    def make() -> Iterator[FeatureQueue]:
-        with tempfile.TemporaryDirectory(prefix="sched-") as tmp:
-            path = Path(tmp) / "queue.db"
-            shutil.copyfile(migrated_sqlite, path)
-            db = Database(f"sqlite:///{path}")
-            try:
-                yield FeatureQueue(db, lease_seconds=600, default_max_attempts=1)
-            finally:
-                db.dispose()
-
-    return make
-
-
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(dags(max_nodes=15, max_deps=3), st.data())
 def test_with_exact_estimates_the_queue_starts_the_head_of_the_longest_timed_chain_and_never_an_unready_feature(
-    fresh_queue, g: Dag, data: st.DataObject
+    fresh_queue,  # noqa: F811 - the imported fixture
+    g: Dag,
+    data: st.DataObject,
 ) -> None:
     minutes = {n: data.draw(st.sampled_from([0.5, 1, 2, 5, 30, 120])) for n in g.nodes}
     specs = [
