@@ -15,11 +15,13 @@ from api import dag
 from api.errors import NotFoundError
 from api.models import AgentRun, Event, Feature, FeatureDependency, FileLock, MergeLock
 from api.records import (
+    AttemptTotals,
     ClaimedFeature,
     DependencyNote,
     FeatureContext,
     FeatureView,
     RunRecord,
+    RunTotals,
     Status,
     StatusReport,
 )
@@ -269,3 +271,31 @@ def events(session: Session, feature_id: int | None) -> list[tuple[int, str, int
     if feature_id is not None:
         query = query.where(Event.feature_id == feature_id)
     return [(r.id, r.kind, r.feature_id, r.owner) for r in session.execute(query)]
+
+
+_RUN_TOTALS = select(
+    AgentRun.feature_id, AgentRun.model, AgentRun.started_at, AgentRun.ended_at, AgentRun.cost_usd,
+    AgentRun.transcript_path,
+).order_by(AgentRun.id)  # fmt: skip
+
+
+def run_totals(session: Session) -> RunTotals:
+    """Per feature: its finished attempts' summed time, the start of the one in flight and the
+    newest transcript; and the cost of every attempt by model (a run without one is "unknown").
+
+    One scan of agent_runs (one row per attempt): durations are summed here rather than in SQL,
+    where date arithmetic is spelled differently on each backend.
+    """
+    seconds: dict[int, float] = {}
+    since: dict[int, datetime | None] = {}
+    transcript: dict[int, str | None] = {}
+    cost: dict[str, float] = {}
+    for fid, model, started, ended, cost_usd, path in session.execute(_RUN_TOTALS):
+        took = (ended - started).total_seconds() if ended is not None else 0.0
+        seconds[fid] = seconds.get(fid, 0.0) + max(0.0, took)
+        since[fid] = started if ended is None else None  # the newest attempt decides
+        transcript[fid] = path
+        if cost_usd:
+            cost[model or "unknown"] = cost.get(model or "unknown", 0.0) + cost_usd
+    totals = {fid: AttemptTotals(seconds[fid], since[fid], transcript[fid]) for fid in seconds}
+    return RunTotals(totals, cost)

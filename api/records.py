@@ -190,6 +190,23 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class AttemptTotals:
+    """What a feature's attempts took so far, as a dashboard shows it."""
+
+    seconds: float  # wall time of its finished attempts, summed
+    running_since: datetime | None  # the start of the attempt in flight (naive UTC), if any
+    transcript_path: str | None  # the newest attempt's
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    """Every feature's attempt totals (by feature id) and the money spent per model."""
+
+    by_feature: dict[int, AttemptTotals]
+    cost_by_model: dict[str, float]
+
+
+@dataclass(frozen=True)
 class StatusReport:
     features: tuple[FeatureView, ...]
 

@@ -20,6 +20,7 @@ from api.queue import FeatureQueue
 from api.records import ImportReport
 from supervisor import display
 from supervisor.config import Settings
+from supervisor.transcripts import read_entries
 
 CREDENTIAL_VARIABLES = (
     "ANTHROPIC_API_KEY",
@@ -253,16 +254,14 @@ def cmd_logs(settings: Settings, feature_id: int, attempt: int | None, raw: bool
         print(f"(no transcript file for attempt {chosen.attempt})")
         return 0
     print(f"\ntranscript of attempt {chosen.attempt}: {path}")
-    with open(path, encoding="utf-8") as lines:
-        for line in lines:
-            if raw:
+    if raw:
+        with open(path, encoding="utf-8") as lines:
+            for line in lines:
                 sys.stdout.write(line)
-            else:
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    entry = None  # the last line of a session still being written
-                text = display.transcript_line(entry) if isinstance(entry, dict) else line.rstrip("\n")
-                if text:
-                    print(text)
+        return 0
+    for entry in read_entries(path):
+        # A line that is not an entry: the last of a session still being written.
+        text = display.transcript_line(entry) if isinstance(entry, dict) else entry
+        if text:
+            print(text)
     return 0

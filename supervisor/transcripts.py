@@ -1,7 +1,8 @@
 """A session's transcript: one JSON line per prompt, CLI message, reminder and closing summary.
 
 Each attempt appends to its own file (its path is on the attempt's row); `agent-manager logs`
-reads it back through supervisor.display.transcript_line.
+and the dashboard read it back with ``read_entries`` / ``last_entries`` and show each entry
+through supervisor.display.transcript_line.
 """
 
 from __future__ import annotations
@@ -36,6 +37,36 @@ def open_transcript(path: Path) -> Iterator[Transcript]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as file:
         yield Transcript(file)
+
+
+def read_entries(path: Path) -> Iterator[dict[str, Any] | str]:
+    """The file's entries in order: a dict per JSON line, the raw line (without its newline) for
+    one that is not an object (the last line of a session still being written). Raises OSError."""
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            yield _parsed(line)
+
+
+def last_entries(path: Path, tail_bytes: int = 16_384) -> list[dict[str, Any]]:
+    """The complete entries in the last ``tail_bytes`` of the file, oldest first: a cheap look at
+    what a running session did last. [] when the file cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, 2)
+            file.seek(max(0, size - tail_bytes))
+            tail = file.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    lines = tail.splitlines()[1:] if size > tail_bytes else tail.splitlines()  # the first may be cut
+    return [entry for entry in map(_parsed, lines) if isinstance(entry, dict)]
+
+
+def _parsed(line: str) -> dict[str, Any] | str:
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError:
+        return line.rstrip("\n")
+    return entry if isinstance(entry, dict) else line.rstrip("\n")
 
 
 def _jsonable(message: object) -> Any:
