@@ -72,6 +72,22 @@ RUN_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[str], Any], Any, str]] =
     ),
 }
 
+DASHBOARD_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[str], Any], Any, str]] = {
+    "dashboard_host": (
+        ("--host",),
+        str,
+        defaults.DASHBOARD_HOST,
+        "address the dashboard listens on; any but this machine's loopback needs --token",
+    ),
+    "dashboard_port": (("--port",), int, defaults.DASHBOARD_PORT, "the dashboard's port (0 picks a free one)"),
+    "dashboard_token": (
+        ("--token",),
+        str,
+        None,
+        "a secret every request to the dashboard must carry (open it once with ?token=...)",
+    ),
+}
+
 
 def _add(parser: argparse.ArgumentParser, options: dict, *, suppress: bool = False) -> None:
     for dest, (flags, _kind, default, text) in options.items():
@@ -112,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run the supervisor without exiting when the queue is empty: later features start within 1 s"
     )
     _add(p_serve, RUN_OPTIONS, suppress=True)
+    p_serve.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="serve the web dashboard from this process too (see --host, --port, --token)",
+    )
+    _add(p_serve, DASHBOARD_OPTIONS, suppress=True)
+    p_dashboard = sub.add_parser(
+        "dashboard", help="serve a web page of the queue that updates itself, with answer, approve, retry and stop"
+    )
+    _add(p_dashboard, DASHBOARD_OPTIONS, suppress=True)
+    _add(p_dashboard, {"max_cost": RUN_OPTIONS["max_cost"]}, suppress=True)
     p_lead = sub.add_parser(
         "lead",
         help="serve the lead agent's MCP tools over stdio (claude mcp add agent-manager-lead -- agent-manager lead "
@@ -150,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to build the demo project (default: a new temp dir)",
     )
     people = (p_questions, p_answer, p_permissions, p_approve, p_deny, p_stop, p_nudge)
-    for p in (p_import, p_status, p_retry, p_logs, p_clean, p_serve, p_lead, *people):
+    for p in (p_import, p_status, p_retry, p_logs, p_clean, p_serve, p_lead, p_dashboard, *people):
         # SUPPRESS: a flag given before the subcommand is not overwritten by the subparser's default.
         _add(p, COMMON_OPTIONS, suppress=True)
     return parser
@@ -189,6 +216,15 @@ def run(argv: Sequence[str] | None = None) -> int:
         from supervisor.demo import run_demo
 
         return run_demo(max_agents=run_opts["max_agents"], project_dir=args.demo_dir and Path(args.demo_dir))
+    dashboard = None
+    if args.command == "dashboard" or getattr(args, "dashboard", False):
+        from supervisor.dashboard.options import make_options
+
+        # Checked before anything opens: a host others can reach without a token is refused.
+        web = _resolve(args, DASHBOARD_OPTIONS)
+        dashboard = make_options(
+            web["dashboard_host"], web["dashboard_port"], web["dashboard_token"], run_opts["max_cost"]
+        )
     common = _resolve(args, COMMON_OPTIONS)
     settings = make_settings(common["project_dir"], common["database_url"], common["features"], **run_opts)
     if args.command == "import":
@@ -204,7 +240,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.command in ("questions", "answer", "permissions", "approve", "deny", "stop", "nudge"):
         return _people(args, settings)
     if args.command == "serve":
-        return commands.cmd_run(settings, serve=True)
+        return commands.cmd_run(settings, serve=True, dashboard=dashboard)
+    if args.command == "dashboard" and dashboard is not None:
+        return commands.cmd_dashboard(settings, dashboard)
     if args.command == "lead":
         from supervisor.lead import cmd_lead
 

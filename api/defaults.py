@@ -22,6 +22,8 @@ MAX_PATH_LENGTH = 1024
 MAX_AGENT_ID = 200  # the width of the owner / agent_id columns
 MAX_ATTEMPTS_LIMIT = 100
 MAX_COST_LIMIT = 10_000.0  # US dollars
+DASHBOARD_HOST = "127.0.0.1"  # this machine only: any other address needs a token
+DASHBOARD_PORT = 8765
 
 
 def is_number(value: Any) -> bool:

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from api.database import Database, normalise_url
 from api.errors import InputError
@@ -21,6 +21,10 @@ from api.records import ImportReport
 from supervisor import display
 from supervisor.config import Settings
 from supervisor.transcripts import read_entries
+
+if TYPE_CHECKING:
+    from supervisor.dashboard.options import DashboardOptions
+    from supervisor.view import RunSummary
 
 CREDENTIAL_VARIABLES = (
     "ANTHROPIC_API_KEY",
@@ -173,22 +177,63 @@ def _log_to_file(settings: Settings) -> None:
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
 
 
-def cmd_run(settings: Settings, *, serve: bool = False) -> int:
-    """Run the supervisor: until no claimable work remains, or with ``serve`` until stopped."""
+def cmd_run(settings: Settings, *, serve: bool = False, dashboard: DashboardOptions | None = None) -> int:
+    """Run the supervisor: until no claimable work remains, or with ``serve`` until stopped;
+    ``dashboard``: serve the web dashboard from this process too (supervisor.dashboard)."""
     import asyncio
 
     from supervisor.live import make_view
     from supervisor.loop import Supervisor
 
-    settings, queue, runner, git = prepare_run(settings, serve=serve)
-    supervisor = Supervisor(queue, runner, settings, make_view(), git=git)
+    sock = None
+    if dashboard is not None:
+        from supervisor.dashboard import server
+
+        sock = server.bind(dashboard)  # first: a port in use is refused before the run writes anything
     try:
-        summary = asyncio.run(supervisor.run())
+        settings, queue, runner, git = prepare_run(settings, serve=serve)
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
+    supervisor = Supervisor(queue, runner, settings, make_view(), git=git)
+    link = web = None
+    if dashboard is not None and sock is not None:
+        link = server.SupervisorLink(supervisor, settings.max_cost_usd)
+        web = server.start_beside(settings, dashboard, link, sock)
+
+    async def main() -> RunSummary:
+        if link is not None:
+            link.attach(asyncio.get_running_loop())
+        return await supervisor.run()
+
+    try:
+        summary = asyncio.run(main())
     finally:
         runner.close()
+        if web is not None:
+            web.stop()
     if summary.stop_reason and summary.exit_code != 130:
         print(f"agent-manager: error: {summary.stop_reason}", file=sys.stderr)
     return summary.exit_code
+
+
+def cmd_dashboard(settings: Settings, options: DashboardOptions) -> int:
+    """`agent-manager dashboard`: serve the web page of the project's queue until interrupted."""
+    from supervisor.dashboard import server
+    from supervisor.dashboard.app import create_app
+
+    sock = server.bind(options)  # first: a port in use is one line, before the database opens
+    try:
+        queue = open_queue(settings, must_exist=True)
+        app = create_app(queue, options, project_dir=settings.project_dir)
+        print(f"dashboard: {server.url_of(sock, options)} ({settings.project_dir})", flush=True)
+        if options.token:
+            print("open it once with ?token=YOUR_TOKEN at the end of the address; a cookie keeps it", flush=True)
+        server.DashboardServer(app, sock).run()
+    finally:
+        sock.close()
+    return 0
 
 
 def prepare_run(settings: Settings, *, serve: bool = False) -> tuple[Settings, FeatureQueue, Any, Any]:

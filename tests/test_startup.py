@@ -57,3 +57,42 @@ def test_reading_commands_do_not_import_the_sdk_mcp_apscheduler_or_alembic(
     )
     report = json.loads(done.stderr.splitlines()[-1])
     assert report == {"code": 0, "loaded": []}, done.stderr
+
+
+SERVE_PROBE = """
+import io, json, sys, threading, time, urllib.request, os
+from agent_manager import main
+
+class Lines(io.StringIO):
+    def write(self, text):
+        if "dashboard: http" in text:
+            found.append(text.split()[1])
+        return super().write(text)
+
+found = []
+sys.stdout = Lines()
+threading.Thread(target=main, args=(sys.argv[1:],), daemon=True).start()
+deadline = time.monotonic() + 60
+while not found and time.monotonic() < deadline:
+    time.sleep(0.05)
+with urllib.request.urlopen(found[0]) as page, urllib.request.urlopen(found[0] + "fragment/board") as board:
+    status = [page.status, board.status]
+loaded = sorted({name.split(".")[0] for name in sys.modules} & set(json.loads(sys.stdin.read())))
+print(json.dumps({"status": status, "loaded": loaded}), file=sys.stderr)
+os._exit(0)
+"""
+
+
+def test_the_dashboard_serves_its_pages_without_importing_the_sdk_mcp_apscheduler_or_alembic(
+    imported_project: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE_PROBE, "dashboard", "--port", "0", "--project-dir", str(imported_project)],
+        input=json.dumps(RUN_ONLY),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    report = json.loads(done.stderr.splitlines()[-1])
+    assert report == {"status": [200, 200], "loaded": []}, done.stderr

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,3 +194,28 @@ def test_the_installed_demo_runs_every_example_feature_to_passing(venv: Venv) ->
     assert len(statuses) == 10 and set(statuses.values()) == {"passing"}, statuses
     log = _check(subprocess.run(["git", "-C", str(project), "log", "--format=%s"], capture_output=True, text=True))
     assert log.stdout.strip().splitlines()[-1] == "Demo project: features.json"
+
+
+def test_the_installed_dashboard_serves_its_templates_and_static_files_from_the_wheel(venv: Venv) -> None:
+    where = "import supervisor.dashboard.rendering as r, supervisor.dashboard.app as a; print(r.TEMPLATES, a.STATIC)"
+    templates, static = (Path(p) for p in _check(venv.run(venv.python, "-c", where)).stdout.split())
+    site = venv.site_packages.resolve()
+    assert templates == site / "supervisor" / "dashboard" / "templates" and (templates / "board.html").is_file()
+    assert static == site / "supervisor" / "dashboard" / "static" and (static / "dashboard.js").is_file()
+    project = _project(venv, "dashboard-project")
+    _check(venv.run(venv.agent_manager, "import", "--project-dir", str(project)))
+    command = [venv.agent_manager, "dashboard", "--port", "0", "--project-dir", str(project)]
+    proc = subprocess.Popen(command, cwd=venv.outside, env=venv.env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        found = re.search(r"dashboard: (http://\S+)", proc.stdout.readline())
+        assert found, "the dashboard did not print its address"
+        pages = {}
+        for path in ("", "feature/1", "static/dashboard.js", "static/dashboard.css", "static/favicon.svg"):
+            with urllib.request.urlopen(found.group(1) + path, timeout=30) as response:
+                pages[path] = (response.status, response.read().decode())
+        assert {status for status, _ in pages.values()} == {200}
+        assert ">project-setup</a>" in pages[""][1] and "EventSource" in pages["static/dashboard.js"][1]
+    finally:
+        proc.terminate()
+        proc.wait(30)
