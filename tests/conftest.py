@@ -13,6 +13,7 @@ import pytest
 
 from api.database import Database
 from api.queue import FeatureQueue
+from tests.support.browser import browser  # noqa: F401 - a fixture for the dashboard's browser tests
 from tests.support.harness import make_run  # noqa: F401 - a fixture for the end-to-end tests
 from tests.support.pg import PostgresServer, find_pg_bin
 
