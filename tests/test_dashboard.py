@@ -26,6 +26,7 @@ from api.features_file import FeatureSpec
 from api.queue import FeatureQueue
 from api.records import ClaimedFeature, Decision, Status, Verdict
 from supervisor.dashboard.app import create_app
+from supervisor.dashboard.board import FRESH_S
 from supervisor.dashboard.options import DashboardOptions, make_options
 from supervisor.dashboard.server import DashboardServer, bind
 from supervisor.dashboard.svg import STATUS_COLOURS
@@ -172,6 +173,19 @@ def test_a_feature_page_shows_its_attempts_notes_verify_output_and_transcript(
                  "tool result: written", "result: success, 3 turns, $0.1200"):  # fmt: skip
         assert line in page
     assert second.status_code == 400 and "has no attempt 2" in second.text
+
+
+def test_a_page_that_has_the_table_is_sent_only_the_rows_that_changed(mixed: FeatureQueue) -> None:
+    ids = {f.name: f.id for f in mixed.status_report().features}
+    with client(mixed) as web:
+        version = re.search(r'data-version="(\d+)"', web.get("/").text).group(1)  # type: ignore[union-attr]
+        mixed.retry(ids["broken"])  # failed -> pending, and its dependent is no longer blocked
+        time.sleep(FRESH_S + 0.1)  # the snapshot the page came from is stale by then, whatever the watcher saw
+        delta = web.get(f"/fragment/board?v={version}").text
+        full = web.get("/fragment/board?v=999999").text  # a version the server never had: the whole table
+    changed = sorted(int(fid) for fid in re.findall(r'<tr id="row-(\d+)"', delta))
+    assert 'data-delta="1"' in delta and changed == sorted([ids["broken"], ids["after-broken"]])
+    assert 'data-delta="1"' not in full and len(re.findall(r'<tr id="row-', full)) == 6
 
 
 # -- actions ---------------------------------------------------------------------------------------

@@ -72,6 +72,8 @@ def served(make_run: Callable[..., Run]) -> Iterator[tuple[Run, Served]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+            raise AssertionError("serve --dashboard did not stop within 30 s of Ctrl-C") from None
+    assert proc.returncode == 130, proc.stderr.read() if proc.stderr else ""
 
 
 def test_a_person_watches_the_run_reads_a_transcript_and_answers_a_question_in_the_browser(

@@ -24,7 +24,6 @@ import contextlib
 import hmac
 import json
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from api.errors import AgentManagerError, InputError, NotFoundError
 from api.queue import FeatureQueue
 from api.records import Decision
 from supervisor.dashboard import data, rendering
+from supervisor.dashboard.board import BoardCache
 from supervisor.dashboard.options import DashboardOptions, is_local
 from supervisor.dashboard.rendering import PageContext
 
@@ -51,7 +51,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 TICK_S = 5.0  # an event stream says "tick" this often without changes: running sessions move on
 POLL_S = 0.5  # SQLite: how often the watcher reads the newest event id (PostgreSQL listens)
 MAX_FORM_BYTES = 64 * 1024  # an answer may hold 20,000 characters
-CACHE_S = 1.0  # a fragment rendered for one change serves every page that asks within this
+EVENT_INTERVAL_S = 0.5  # at most two `change` events a second: each makes every open page refetch
 SECURITY_HEADERS = [
     (
         b"content-security-policy",
@@ -92,6 +92,9 @@ class ChangeHub:
             if await self._watcher.wait(TICK_S):
                 self.generation += 1
                 self._wake()
+                # A busy run changes the queue many times a second (PostgreSQL notifies each one):
+                # what changes meanwhile is reported at the end of the pause, as one change.
+                await asyncio.sleep(EVENT_INTERVAL_S)
 
     def _wake(self) -> None:
         event, self._event = self._event, asyncio.Event()
@@ -133,7 +136,6 @@ def create_app(
     """The dashboard for ``queue``; ``link``: the supervisor of this process (serve --dashboard)."""
     csrf = secrets.token_urlsafe(32)  # per process: a page from an earlier run cannot post here
     hub = ChangeHub(queue.db)
-    cache: dict[str, tuple[int, float, str]] = {}
 
     def context(request: Request, path: str | None = None, flash: dict[str, str] | None = None) -> PageContext:
         flash = flash or {}
@@ -145,29 +147,26 @@ def create_app(
             error=flash.get("error", ""),
         )
 
-    async def cached(key: str, render: Callable[[], str]) -> str:
-        generation, now = hub.generation, time.monotonic()
-        hit = cache.get(key)
-        if hit is not None and hit[0] == generation and now - hit[1] < CACHE_S:
-            return hit[2]
-        html = await run_in_threadpool(render)
-        cache[key] = (generation, now, html)
-        return html
-
-    def board() -> data.Board:
+    def read() -> data.Board:
         return data.read_board(queue, link, options.budget_usd)
 
+    boards = BoardCache(read, PageContext(project=str(project_dir), csrf=csrf, path="/"))
+
     async def index(request: Request) -> Response:
-        html = await run_in_threadpool(lambda: rendering.board_page(board(), context(request, "/", _flash(request))))
+        snapshot = await run_in_threadpool(boards.snapshot, hub.generation)
+        html = rendering.board_page(snapshot, context(request, "/", _flash(request)))
         return _page(request, html, csrf)
 
     async def board_fragment(request: Request) -> Response:
-        html = await cached("board", lambda: rendering.board_live(board(), context(request, "/")))
+        snapshot = await run_in_threadpool(boards.snapshot, hub.generation)
+        have = request.query_params.get("v", "")
+        changed = boards.changed_since(snapshot, int(have)) if have.isdigit() else None
+        html = rendering.board_live(snapshot, context(request, "/"), changed)
         return HTMLResponse(html, headers={"cache-control": "no-store"})
 
     async def dag_fragment(request: Request) -> Response:
-        html = await cached("dag", lambda: rendering.dag(board()))
-        return HTMLResponse(html, headers={"cache-control": "no-store"})
+        snapshot = await run_in_threadpool(boards.snapshot, hub.generation)
+        return HTMLResponse(rendering.dag(snapshot.board), headers={"cache-control": "no-store"})
 
     def feature_path(request: Request) -> tuple[int, int | None, str]:
         fid = int(request.path_params["feature_id"])
@@ -246,9 +245,9 @@ def create_app(
         fid = int(request.path_params["feature_id"])
         requeue = fields.get("requeue") == "1"
         reason = fields.get("reason", "").strip() or "stopped from the dashboard"
-        request_ = queue.request_control(fid, "stop", reason, requeue=requeue, by=_who(request))
-        if request_.handled_at is not None:
-            return f"feature #{fid}: stopped ({request_.result})"
+        control = queue.request_control(fid, "stop", reason, requeue=requeue, by=_who(request))
+        if control.handled_at is not None:  # it was waiting for an answer: stopped at once
+            return f"feature #{fid}: stopped ({control.result})"
         return f"stop of feature #{fid} requested: the supervisor running it acts within seconds"
 
     @contextlib.asynccontextmanager

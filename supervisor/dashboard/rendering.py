@@ -12,14 +12,17 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from markupsafe import Markup
 
 from api.records import Status
-from supervisor.dashboard.data import Board, FeaturePage
+from supervisor.dashboard.data import Board, FeaturePage, Row
 from supervisor.dashboard.svg import STATUS_COLOURS, dag_svg
+
+if TYPE_CHECKING:
+    from supervisor.dashboard.board import Snapshot
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 # The order counts and the progress bar show statuses in: done first, then what is moving.
@@ -72,12 +75,24 @@ def render(template: str, **values: Any) -> str:
     return environment().get_template(template).render(now=time.time(), **values)
 
 
-def board_page(board: Board, ctx: PageContext) -> str:
-    return render("board.html", board=board, ctx=ctx, dag=Markup(dag_svg([r.feature for r in board.rows])))
+def board_page(snapshot: Snapshot, ctx: PageContext) -> str:
+    board = snapshot.board
+    rows = [Markup(html) for html in snapshot.rows.values()]
+    svg = Markup(dag_svg([r.feature for r in board.rows]))
+    return render("board.html", board=board, ctx=ctx, rows=rows, version=snapshot.version, delta=False, dag=svg)
 
 
-def board_live(board: Board, ctx: PageContext) -> str:
-    return render("board_live.html", board=board, ctx=ctx)
+def board_live(snapshot: Snapshot, ctx: PageContext, changed: list[int] | None = None) -> str:
+    """The live sections of the board; with ``changed``, only those rows of the table."""
+    ids = snapshot.rows.keys() if changed is None else changed
+    rows = [Markup(snapshot.rows[fid]) for fid in ids]
+    return render(
+        "board_live.html", board=snapshot.board, ctx=ctx, rows=rows, version=snapshot.version, delta=changed is not None
+    )
+
+
+def table_row(row: Row, ctx: PageContext) -> str:
+    return render("row.html", row=row, ctx=ctx)
 
 
 def dag(board: Board) -> str:

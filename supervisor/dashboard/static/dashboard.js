@@ -58,6 +58,15 @@
     dag.dataset.graphKey = features.dataset.graphKey;
   }
 
+  function patchRows(old, fresh) {
+    // A delta: only the rows that changed since the version this page holds.
+    for (const row of fresh.querySelectorAll("tr[data-id]")) {
+      const current = document.getElementById(row.id);
+      if (current) current.replaceWith(row);
+    }
+    for (const key of ["graphKey", "running", "version"]) old.dataset[key] = fresh.dataset[key];
+  }
+
   function swap(html) {
     const template = document.createElement("template");
     template.innerHTML = html;
@@ -67,7 +76,8 @@
       // Questions and permission requests stay as they are until one opens or closes, so a
       // half-typed answer survives the updates around it.
       if (fresh.dataset.key !== undefined && fresh.dataset.key === old.dataset.key) continue;
-      old.replaceWith(fresh);
+      if (fresh.dataset.delta === "1") patchRows(old, fresh);
+      else old.replaceWith(fresh);
     }
     const summary = document.getElementById("summary");
     if (summary && summary.dataset.title) document.title = summary.dataset.title + " · agent-manager";
@@ -81,7 +91,10 @@
     }
     busy = true;
     try {
-      const response = await fetch(liveUrl, { credentials: "same-origin" });
+      const url = new URL(liveUrl, window.location.href);
+      const table = document.getElementById("features");
+      if (table && table.dataset.version) url.searchParams.set("v", table.dataset.version);
+      const response = await fetch(url, { credentials: "same-origin" });
       if (response.ok) {
         swap(await response.text());
         await refreshGraph();
@@ -120,7 +133,10 @@
   setInterval(tick, 1000);
   if (!liveUrl) return;
   const events = new EventSource("/events");
-  events.addEventListener("open", () => show("live", true));
+  events.addEventListener("open", () => {
+    show("live", true);
+    refresh(); // what changed between the page's rendering and this (re)connection
+  });
   events.addEventListener("error", () => show("reconnecting…", false));
   events.addEventListener("change", refresh);
   // Activity and transcripts of running sessions change without touching the database.
