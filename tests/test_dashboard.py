@@ -27,6 +27,7 @@ from api.queue import FeatureQueue
 from api.records import ClaimedFeature, Decision, Status, Verdict
 from supervisor.dashboard.app import create_app
 from supervisor.dashboard.board import FRESH_S
+from supervisor.dashboard.data import MAX_TRANSCRIPT_ENTRIES
 from supervisor.dashboard.options import DashboardOptions, make_options
 from supervisor.dashboard.server import DashboardServer, bind
 from supervisor.dashboard.svg import STATUS_COLOURS
@@ -173,6 +174,22 @@ def test_a_feature_page_shows_its_attempts_notes_verify_output_and_transcript(
                  "tool result: written", "result: success, 3 turns, $0.1200"):  # fmt: skip
         assert line in page
     assert second.status_code == 400 and "has no attempt 2" in second.text
+
+
+def test_a_long_transcript_shows_its_newest_entries_and_says_where_the_rest_is(
+    queue: FeatureQueue, tmp_path: Path
+) -> None:
+    queue.import_specs([FeatureSpec(name="chatty")])
+    c = claim_all(queue)["chatty"]
+    transcript = tmp_path / "long.jsonl"
+    queue.start_run(c, "sonnet", str(transcript))
+    with open_transcript(transcript) as t:
+        for i in range(MAX_TRANSCRIPT_ENTRIES + 100):
+            t.write("AssistantMessage", {"content": [{"text": f"step {i}"}]})
+    with client(queue) as web:
+        page = web.get(f"/feature/{c.id}").text
+    assert f"step {MAX_TRANSCRIPT_ENTRIES + 99}<" in page and "step 99<" not in page and "step 100<" in page
+    assert f"the first 100 entries are not shown: agent-manager logs {c.id} --attempt 1" in page
 
 
 def test_a_page_that_has_the_table_is_sent_only_the_rows_that_changed(mixed: FeatureQueue) -> None:

@@ -27,6 +27,7 @@ from supervisor.transcripts import last_entries, read_entries
 
 MAX_TRANSCRIPT_ENTRIES = 2_000  # the newest ones; `agent-manager logs ID` prints them all
 MAX_ENTRY_CHARS = 20_000
+MAX_TRANSCRIPT_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -258,20 +259,21 @@ def _transcript(run: RunRecord | None) -> tuple[tuple[TranscriptLine, ...], str]
     if not run.transcript_path:
         return (), f"attempt {run.attempt} has no transcript"
     path = Path(run.transcript_path)
-    lines: list[TranscriptLine] = []
+    whole = f"agent-manager logs {run.feature_id} --attempt {run.attempt}"
     try:
-        for entry in read_entries(path):
-            line = _line(entry)
-            if line is not None:
-                lines.append(line)
+        # A long session's file can run to many megabytes: a page refreshed while it runs reads its end only.
+        large = path.stat().st_size > MAX_TRANSCRIPT_BYTES
+        entries = last_entries(path, MAX_TRANSCRIPT_BYTES) if large else list(read_entries(path))
     except OSError as exc:
         # A supervisor on another host keeps its transcripts there.
         return (), f"the transcript {path} cannot be read here ({exc.strerror or exc})"
-    cut = len(lines) - MAX_TRANSCRIPT_ENTRIES
-    if cut > 0:
-        note = f"the first {cut} entries are not shown: agent-manager logs {run.feature_id} --attempt {run.attempt}"
-        return tuple(lines[cut:]), note
-    return tuple(lines), ""
+    lines = [line for line in map(_line, entries) if line is not None]
+    shown = tuple(lines[-MAX_TRANSCRIPT_ENTRIES:])
+    if large:
+        return shown, f"only its last {len(shown)} entries are shown: {whole}"
+    if len(shown) < len(lines):
+        return shown, f"the first {len(lines) - len(shown)} entries are not shown: {whole}"
+    return shown, ""
 
 
 _KINDS = {
