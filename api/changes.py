@@ -6,8 +6,8 @@ changing transaction, so the event log doubles as the change signal:
 - SQLite: ``max(events.id)`` is read at most every ``poll_seconds`` (an index lookup, in a read
   transaction that takes no lock). Writers are serialised (BEGIN IMMEDIATE), so ids commit in
   order: a new maximum means a new commit.
-- PostgreSQL: ``statements.log`` also runs ``NOTIFY_QUEUE`` in the transaction; PostgreSQL
-  delivers it on commit, once per transaction, to every session that LISTENs on
+- PostgreSQL: a trigger on ``events`` (migration 0006) notifies ``QUEUE_CHANNEL`` in the
+  transaction that appends; PostgreSQL delivers it on commit, once per transaction, to every session that LISTENs on
   ``QUEUE_CHANNEL``. The watcher listens on one dedicated autocommit connection and waits on its
   socket. A dropped connection is remade with backoff, and the reconnect is reported as a change
   (a notification may have been lost meanwhile). ``max(events.id)`` is still read every
@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from select import select as select_fds
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.engine import URL
 
 from api.database import Database
@@ -42,9 +42,6 @@ if TYPE_CHECKING:
     import psycopg
 
 QUEUE_CHANNEL = "agent_manager_queue"
-# Run by statements.log on PostgreSQL, in the changing transaction. A SELECT rather than NOTIFY:
-# psycopg may prepare a statement it sees often, and only plannable statements can be prepared.
-NOTIFY_QUEUE = text(f"SELECT pg_notify('{QUEUE_CHANNEL}', '')")
 SAFETY_POLL_S = 5.0  # PostgreSQL: max(events.id) is read this often besides listening
 LISTENER_NAME = "agent-manager-watcher"  # application_name of the LISTEN connection
 _RECONNECT_FIRST_S = 0.1

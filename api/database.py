@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,7 +16,9 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool, PoolProxiedConnection
 
+from api.driver import Driver, Tx
 from api.errors import DatabaseError, InputError
 
 
@@ -33,7 +38,7 @@ def _find_migrations() -> Path:
 ALEMBIC_DIR = _find_migrations()
 # The newest revision in alembic/versions (a test keeps the two equal). A database already at
 # it is opened without importing alembic or parsing the scripts: every command opens one.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 # Any fixed 64-bit key: all supervisors serialise their first-start migration on it.
 _PG_MIGRATION_LOCK = 0x61676D6772  # "agmgr"
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -83,22 +88,31 @@ class Database:
                     f"directory {folder} of the SQLite database does not exist: create it, or fix the path in "
                     "--database-url (a typo would split the queue in two)"
                 )
-            self.engine = create_engine(
-                self.url,
-                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
-                pool_pre_ping=True,
-            )
-            _install_sqlite_recipe(self.engine)
+            options: dict[str, Any] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}}
         else:
-            self.engine = create_engine(
-                self.url,
-                pool_pre_ping=True,
-                pool_size=pool_size,
-                max_overflow=pool_size,
+            options = {
+                "pool_size": pool_size,
+                "max_overflow": pool_size,
                 # psycopg prepares repeated statements; a generic plan for the claim query ignores
                 # how few rows are ready and scans the backlog, so plan each execution afresh.
-                connect_args={"connect_timeout": 10, "options": "-c plan_cache_mode=force_custom_plan"},
-            )
+                "connect_args": {"connect_timeout": 10, "options": "-c plan_cache_mode=force_custom_plan"},
+            }
+        self.engine = create_engine(self.url, pool_pre_ping=True, **options)
+        # The claim and the release run on driver connections of their own (api.driver), one per
+        # thread, kept open: a pool checkout, a pre-ping (on PostgreSQL a round trip) and a reset
+        # on return cost as much as the verb's SQL. A connection found dead is replaced and the work
+        # redone instead (run_on_driver). sqlite3 takes named parameters. No plan_cache_mode: the
+        # ready query is sent with its values inline, so PostgreSQL's generic plan sees them.
+        if self.is_sqlite:
+            driver_options: dict[str, Any] = {**options, "paramstyle": "named"}
+        else:
+            driver_options = {"connect_args": {"connect_timeout": 10}}
+        self._driver_engine = create_engine(self.url, poolclass=NullPool, **driver_options)
+        if self.is_sqlite:
+            _install_sqlite_recipe(self.engine)
+            _install_sqlite_recipe(self._driver_engine)
+        self._driver: Driver | None = None
+        self._connections = _PerThread(self._driver_engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self.engine.execution_options(read_only=True), expire_on_commit=False)
 
@@ -143,6 +157,60 @@ class Database:
                 if sqlstate not in _RETRYABLE_SQLSTATES or attempt == _MAX_TRIES - 1:
                     raise
                 time.sleep(random.uniform(0, 0.005 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    @property
+    def driver(self) -> Driver:
+        """The statements compiled for this database (api.driver); connects once to learn its dialect."""
+        if self._driver is None:
+            self._connections.get()  # the dialect reads the server's version on first connect
+            self._driver = Driver(self._driver_engine.dialect)
+        return self._driver
+
+    def tx_in(self, session: Session) -> Tx:
+        """Compiled statements run on ``session``'s connection, in its transaction."""
+        return Tx(self.driver, session.connection().connection.driver_connection)
+
+    def run_on_driver(self, work: Callable[[Tx], T]) -> T:
+        """Run ``work(tx)`` in one transaction on this thread's driver connection: committed on
+        success, rolled back on error; redone after a PostgreSQL deadlock, or once on a connection
+        found dead before the commit. Raises DatabaseError as transaction() does."""
+        driver = self.driver
+        dbapi = self._driver_engine.dialect.loaded_dbapi
+        for attempt in range(_MAX_TRIES):
+            committing = False
+            try:
+                conn = self._connections.get()
+            except sa_exc.DBAPIError as exc:
+                raise DatabaseError(f"database error on {self.display_url}: {_first_line(exc.orig or exc)}") from exc
+            raw: Any = conn.driver_connection
+            try:
+                tx = Tx(driver, raw)
+                if self.is_sqlite:
+                    tx.cursor.execute("BEGIN IMMEDIATE")  # the write lock up front, as transaction() takes it
+                result = work(tx)
+                committing = True
+                raw.commit()
+                return result
+            except dbapi.Error as exc:
+                dead = self._driver_engine.dialect.is_disconnect(exc, raw, None)
+                if dead:
+                    self._connections.drop(conn, exc)
+                else:
+                    with contextlib.suppress(dbapi.Error):
+                        raw.rollback()
+                if dead and not committing and attempt == 0:
+                    continue  # nothing was committed: redo it on a fresh connection
+                if getattr(exc, "sqlstate", None) in _RETRYABLE_SQLSTATES and attempt < _MAX_TRIES - 1:
+                    time.sleep(random.uniform(0, 0.005 * 2**attempt))
+                    continue
+                if isinstance(exc, dbapi.OperationalError | dbapi.InterfaceError):
+                    raise DatabaseError(f"database error on {self.display_url}: {_first_line(exc)}") from exc
+                raise DatabaseError(f"database rejected a write on {self.display_url}: {_first_line(exc)}") from exc
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    raw.rollback()
+                raise
         raise AssertionError("unreachable")
 
     def migrate(self) -> None:
@@ -208,7 +276,58 @@ class Database:
         return f"database {self.sqlite_path}" if self.is_sqlite else f"database {self.display_url}"
 
     def dispose(self) -> None:
+        self._connections.close_all()
         self.engine.dispose()
+        self._driver_engine.dispose()
+
+
+class _PerThread:
+    """One driver connection per thread, opened on first use and kept until the thread ends or
+    ``close_all``. Connections inherited across a fork are left to their process."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._held: list[tuple[weakref.ref[threading.Thread], int, PoolProxiedConnection]] = []
+
+    def get(self) -> PoolProxiedConnection:
+        mine = getattr(self._local, "held", None)
+        if mine is not None and mine[0] == os.getpid():
+            return mine[1]  # type: ignore[no-any-return]
+        conn = self._engine.raw_connection()
+        self._local.held = (os.getpid(), conn)
+        with self._lock:
+            # Connections of threads that have ended: closed here, there is no hook at thread exit.
+            ended = [h for h in self._held if h[1] == os.getpid() and not _alive(h[0])]
+            for entry in ended:
+                self._held.remove(entry)
+                with contextlib.suppress(Exception):
+                    entry[2].close()
+            self._held.append((weakref.ref(threading.current_thread()), os.getpid(), conn))
+        return conn
+
+    def drop(self, conn: PoolProxiedConnection, exc: BaseException) -> None:
+        """Forget this thread's connection (found dead); the next get() opens another."""
+        self._local.held = None
+        with self._lock:
+            self._held = [h for h in self._held if h[2] is not conn]
+        with contextlib.suppress(Exception):
+            conn.invalidate(exc)
+
+    def close_all(self) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+        self._local.held = None
+        for _thread, pid, conn in held:
+            if pid == os.getpid():
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+
+def _alive(thread: weakref.ref[threading.Thread]) -> bool:
+    found = thread()
+    return found is not None and found.is_alive()
 
 
 def _first_line(exc: BaseException) -> str:

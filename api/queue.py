@@ -14,11 +14,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, and_, delete, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from api import defaults, estimates, files, importer, reads, statements
 from api.database import Database
+from api.driver import Tx, json_list
 from api.errors import InputError, LeaseLostError, NotFoundError
 from api.features_file import FeatureSpec
 from api.models import AgentRun, Feature, FileLock, MergeLock, utcnow
@@ -64,9 +65,9 @@ class FeatureQueue(PeopleVerbs):
         self.default_max_attempts = default_max_attempts
 
     # -- claims -----------------------------------------------------------------
-
-    def _ready_query(self, n: int) -> Select[int]:
-        return statements.ready_query(n, skip_locked=not self.db.is_sqlite)
+    # The claim and the release run on the driver's connection with statements compiled once
+    # (api.driver): they are the verbs every agent slot runs, and through the ORM each cost ~2 ms
+    # of Python around microseconds of SQL (bench/claims.py).
 
     def claim(self, n: int, owner: str) -> list[ClaimedFeature]:
         """Atomically claim up to ``n`` ready features for ``owner``, best first.
@@ -76,26 +77,31 @@ class FeatureQueue(PeopleVerbs):
         """
         if n <= 0:
             return []
+        now = utcnow()
+        expires = now + timedelta(seconds=self.lease_seconds)
+        ids, rows = self.db.run_on_driver(lambda tx: self._claim_on(tx, n, owner, now, expires))
+        # Typed records after the commit: on SQLite the write lock is held for the SQL alone.
+        return sorted((reads.claimed(row, expires) for row in rows), key=lambda c: ids.index(c.id))
 
-        def work(session: Session) -> list[ClaimedFeature]:
-            now = utcnow()
-            expires = now + timedelta(seconds=self.lease_seconds)
-            ids = list(session.scalars(self._ready_query(n)).all())
+    def _claim_on(self, tx: Tx, n: int, owner: str, now: datetime, expires: datetime) -> tuple[list[int], list[Any]]:
+        skip_locked = not tx.is_sqlite
+        ready = tx.rows(statements.ready_query(n, skip_locked=skip_locked))
+        if not ready:
+            return [], []
+        ids = [r.id for r in ready]
+        if any(r.has_files for r in ready):
+            # Some may share files with running work: look further for ones that do not. Only
+            # then are more rows locked (SKIP LOCKED), so file-less queues claim as before.
+            more = tx.rows(statements.ready_query(n + LOOKAHEAD, skip_locked=skip_locked))
+            ids = _apart(tx, [r.id for r in more], n)
             if not ids:
-                return []
-            if _any_files(session, ids):
-                # Some may share files with running work: look further for ones that do not. Only
-                # then are more rows locked (SKIP LOCKED), so file-less queues claim as before.
-                ids = _apart(session, list(session.scalars(self._ready_query(n + LOOKAHEAD)).all()), n)
-                if not ids:
-                    return []
-            params = statements.claim_params(ids, owner, now, expires)
-            rows = session.execute(statements.claim_statement(), params).scalars().all()
-            claimed = sorted((reads.claimed(row) for row in rows), key=lambda c: ids.index(c.id))
-            statements.log(session, [("claimed", c.id, owner, {"token": c.lease_token}) for c in claimed])
-            return claimed
-
-        return self.db.run(work)
+                return [], []
+        params = statements.claim_params(ids, owner, now, expires)
+        if not tx.is_sqlite:  # the claim and its events in one statement
+            return ids, tx.rows(statements.claim_logged_statement(), params)
+        rows = tx.rows(statements.claim_statement(), params)
+        statements.log(tx, [("claimed", r.id, owner, {"token": r.lease_token}) for r in rows], now)
+        return ids, rows
 
     def release(
         self, feature_id: int, owner: str, token: int, status: str | Verdict, notes: str = "", **verdict: Any
@@ -107,7 +113,11 @@ class FeatureQueue(PeopleVerbs):
         token moved on).
         """
         ending = status if isinstance(status, Verdict) else Verdict(_status(status), notes, **verdict)
-        return self.db.run(lambda session: self._release_in(session, feature_id, owner, token, ending))
+        if ending.status is Status.NEEDS_INPUT:  # may resume at once from an answer: ORM work
+            return self.db.run(
+                lambda session: self._release_on(self.db.tx_in(session), session, feature_id, owner, token, ending)
+            )
+        return self.db.run_on_driver(lambda tx: self._release_on(tx, None, feature_id, owner, token, ending))
 
     def finish_attempt(
         self,
@@ -141,32 +151,45 @@ class FeatureQueue(PeopleVerbs):
             if not release:
                 return None
             try:
-                return self._release_in(session, claim.id, claim.owner, claim.lease_token, verdict)
+                tx = self.db.tx_in(session)
+                return self._release_on(tx, session, claim.id, claim.owner, claim.lease_token, verdict)
             except LeaseLostError:
                 return None
 
         return self.db.run(work)
 
-    def _release_in(self, session: Session, feature_id: int, owner: str, token: int, verdict: Verdict) -> ReleaseResult:
-        params = statements.release_params(feature_id, owner, token, verdict, self.default_max_attempts, utcnow())
-        row = session.execute(statements.release_statement(verdict), params).first()
-        if row is None:
-            current = reads.lease(session, feature_id)
-            if current is None:
+    def _release_on(
+        self, tx: Tx, session: Session | None, feature_id: int, owner: str, token: int, verdict: Verdict
+    ) -> ReleaseResult:
+        """The release, in the caller's transaction; ``session`` (the same transaction) is needed
+        for a needs_input verdict only."""
+        now = utcnow()
+        params = statements.release_params(feature_id, owner, token, verdict, self.default_max_attempts, now)
+        if tx.is_sqlite:
+            found = tx.rows(statements.release_statement(verdict), params)
+        else:  # the release and its event in one statement
+            found = tx.rows(statements.release_logged_statement(verdict), params)
+        if not found:
+            current = tx.rows(statements.lease_query(), {"b_feature_id": feature_id})
+            if not current:
                 raise NotFoundError(f"no feature with id {feature_id}")
-            if current.owner == owner and current.lease_token == token:
-                return ReleaseResult(feature_id, Status(current.status), current.attempts, applied=False)
+            if current[0].owner == owner and current[0].lease_token == token:
+                return ReleaseResult(feature_id, Status(current[0].status), current[0].attempts, applied=False)
             raise LeaseLostError(
                 f"feature #{feature_id} is no longer held by {owner} (lease token {token}); "
                 "it expired or was claimed again"
             )
-        if row.status == Status.PASSING:
-            _unblock_dependents(session, feature_id, self.db.is_sqlite)
+        row = found[0]
+        if row.status == Status.PASSING and row.has_dependents:
+            _unblock_dependents(tx, feature_id)
         elif row.status == Status.NEEDS_INPUT:
+            assert session is not None, "a needs_input release runs in an ORM session"
             resume_answered(session, [feature_id])  # answered while its session was ending
-        session.execute(delete(FileLock).where(FileLock.feature_id == feature_id))
-        entry = {"token": token, "now": row.status}
-        statements.log(session, [(f"released:{verdict.status}", feature_id, owner, entry)])
+        if row.has_locks:
+            tx.execute(statements.unlock_feature_statement(), {"b_feature_id": feature_id})
+        if tx.is_sqlite:
+            entry = {"token": token, "now": row.status}
+            statements.log(tx, [(f"released:{verdict.status}", feature_id, owner, entry)], now)
         return ReleaseResult(feature_id, Status(row.status), row.attempts, applied=True)
 
     def heartbeat(self, owner: str, held: Mapping[int, int] | None = None) -> HeartbeatResult:
@@ -552,23 +575,19 @@ def _remember_files(session: Session, feature_id: int, paths: list[str]) -> None
         )
 
 
-def _any_files(session: Session, ids: list[int]) -> bool:
-    return any(declared or touched for _, declared, touched in session.execute(statements.files_query(), {"ids": ids}))
-
-
-def _apart(session: Session, ids: list[int], n: int) -> list[int]:
+def _apart(tx: Tx, ids: list[int], n: int) -> list[int]:
     """Up to ``n`` of the ready ``ids`` (best first) whose files overlap no running feature's nor
     each other's; features with no known files never conflict."""
     known = {
-        fid: {*(declared or ()), *(touched or ())}
-        for fid, declared, touched in session.execute(statements.files_query(), {"ids": ids})
+        r.id: {*json_list(r.files), *json_list(r.touched_files)}
+        for r in tx.rows(statements.files_query(), {"ids": ids})
     }
     if not any(known.values()):  # nothing known about their files: nothing to keep apart
         return ids[:n]
     busy: list[str] = []
-    for declared, touched in session.execute(statements.running_files_query()):
-        busy += [*(declared or ()), *(touched or ())]
-    busy += session.scalars(select(FileLock.path)).all()
+    for r in tx.rows(statements.running_files_query()):
+        busy += [*json_list(r.files), *json_list(r.touched_files)]
+    busy += [r.path for r in tx.rows(statements.locked_paths_query())]
     chosen: list[int] = []
     for fid in ids:
         mine = known.get(fid) or set()
@@ -581,9 +600,9 @@ def _apart(session: Session, ids: list[int], n: int) -> list[int]:
     return chosen
 
 
-def _unblock_dependents(session: Session, feature_id: int, is_sqlite: bool) -> None:
-    lock, unblock = statements.unblock_statements()
-    if not is_sqlite:
-        # Lock dependents in id order so two releases sharing dependents cannot deadlock.
-        session.execute(lock, {"feature_id": feature_id}).all()
-    session.execute(unblock, {"feature_id": feature_id})
+def _unblock_dependents(tx: Tx, feature_id: int) -> None:
+    # On PostgreSQL the dependents are row-locked in id order first, so two releases that share
+    # dependents cannot deadlock; the count then sees the other's committed status.
+    lock, unblock = statements.unblock_statements(for_update=not tx.is_sqlite)
+    if tx.rows(lock, {"feature_id": feature_id}):
+        tx.execute(unblock, {"feature_id": feature_id})

@@ -25,6 +25,7 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    delete,
     exists,
     func,
     insert,
@@ -33,9 +34,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import Session, aliased
-from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate, Update
+from sqlalchemy.sql.dml import Delete, Insert, ReturningInsert, ReturningUpdate, Update
 
-from api.changes import NOTIFY_QUEUE
+from api.driver import Tx
 from api.models import AgentRun, Event, Feature, FeatureDependency, FileLock, MergeLock, PermissionRequest, utcnow
 from api.records import (
     Status,
@@ -46,8 +47,8 @@ from api.records import (
 
 
 @functools.lru_cache(maxsize=128)
-def ready_query(n: int, *, skip_locked: bool) -> Select[int]:
-    """The claim's candidate query: up to ``n`` ready feature ids, best first (one per n and dialect)."""
+def ready_query(n: int, *, skip_locked: bool) -> Select[int, bool]:
+    """The claim's candidate query: up to ``n`` ready features (id, has_files), best first (one per n and dialect)."""
     dep = aliased(Feature)
     unmet = exists().where(
         FeatureDependency.feature_id == Feature.id,
@@ -55,15 +56,19 @@ def ready_query(n: int, *, skip_locked: bool) -> Select[int]:
         dep.status != Status.PASSING,
     )
     # unmet_deps narrows the index scan; the NOT EXISTS re-checks the truth for the few rows taken.
+    # has_files: whether it declared or touched files, so the claim knows to keep it apart from running work.
+    has_files = (Feature.files.is_not(None)) | (Feature.touched_files.is_not(None))
     query = (
-        select(Feature.id)
+        select(Feature.id, has_files.label("has_files"))
         .where(Feature.status == Status.PENDING, Feature.unmet_deps == 0, ~unmet)
         .order_by(Feature.claim_order, Feature.id)
         .limit(n)
     )
     if skip_locked:
         query = query.with_for_update(skip_locked=True, of=Feature)
-    return query
+    # Sent with its values inline (api.driver): psycopg prepares a statement it runs often, and
+    # PostgreSQL's generic plan for it could not see that few rows are pending and ready.
+    return query.execution_options(inline_values=True)
 
 
 @functools.cache
@@ -82,8 +87,23 @@ def running_files_query() -> Select[list[str] | None, list[str] | None]:
     )
 
 
+# What a claim returns: the columns of api.records.ClaimedFeature.
+CLAIMED_COLUMNS = (
+    Feature.id, Feature.name, Feature.description, Feature.category, Feature.priority, Feature.steps,
+    Feature.verify, Feature.model, Feature.max_attempts, Feature.attempts, Feature.notes, Feature.owner,
+    Feature.agent_id, Feature.lease_token, Feature.max_cost_usd, Feature.cost_usd, Feature.resume_session_id,
+    Feature.resume_prompt,
+)  # fmt: skip
+
+
 @functools.cache
-def claim_statement() -> ReturningUpdate[Feature]:
+def locked_paths_query() -> Select[str]:
+    """The paths of every file lock."""
+    return select(FileLock.path)
+
+
+@functools.cache
+def claim_statement() -> ReturningUpdate[*tuple[Any, ...]]:
     """Claim the pending features among ``b_ids``: a new lease token, owner and agent id each."""
     new_token = Feature.lease_token + 1
     return (
@@ -101,7 +121,7 @@ def claim_statement() -> ReturningUpdate[Feature]:
             claimed_at=bindparam("b_now", type_=DateTime),
             updated_at=bindparam("b_now", type_=DateTime),
         )
-        .returning(Feature)
+        .returning(*CLAIMED_COLUMNS)
         .execution_options(synchronize_session=False)
     )
 
@@ -111,11 +131,16 @@ def claim_params(ids: Iterable[int], owner: str, now: datetime, expires: datetim
     return {"b_ids": list(ids), "b_owner": owner, "b_agent_prefix": owner + "/", "b_expires": expires, "b_now": now}
 
 
-def release_statement(verdict: Verdict) -> ReturningUpdate[str, int]:
+def release_statement(verdict: Verdict) -> ReturningUpdate[str, int, bool, bool]:
     """The holder's release of a claim with ``verdict``, guarded by owner and lease token.
 
-    Returns the stored status and attempts, or no row when the claim is no longer the holder's.
+    Returns the stored status and attempts, and whether the feature has dependents and file
+    locks, or no row when the claim is no longer the holder's.
     """
+    return _release_statement(*_release_kind(verdict))
+
+
+def _release_kind(verdict: Verdict) -> tuple[str, bool, bool]:
     if verdict.status is Status.PASSING:
         kind = "passing"
     elif verdict.status is Status.FAILED and verdict.count_attempt:
@@ -124,7 +149,7 @@ def release_statement(verdict: Verdict) -> ReturningUpdate[str, int]:
         kind = "needs_input"
     else:
         kind = "pending"
-    return _release_statement(kind, bool(verdict.notes), bool(verdict.model))
+    return kind, bool(verdict.notes), bool(verdict.model)
 
 
 def release_params(
@@ -144,7 +169,7 @@ def release_params(
 
 
 @functools.lru_cache(maxsize=32)
-def _release_statement(verdict: str, with_notes: bool, with_model: bool) -> ReturningUpdate[str, int]:
+def _release_statement(verdict: str, with_notes: bool, with_model: bool) -> ReturningUpdate[str, int, bool, bool]:
     """The release for one kind of verdict: passing, failed (an attempt), give_up, needs_input or pending.
 
     Every kind but pending (a give-back: the attempt did not really happen) ends a follow-up the
@@ -187,17 +212,25 @@ def _release_statement(verdict: str, with_notes: bool, with_model: bool) -> Retu
             Feature.status == Status.CLAIMED,
         )
         .values(**values)
-        .returning(Feature.status, Feature.attempts)
+        .returning(
+            Feature.status,
+            Feature.attempts,
+            # Whether the dependents' unblock and the file-lock delete have anything to do.
+            exists().where(FeatureDependency.depends_on_id == Feature.id).label("has_dependents"),
+            exists().where(FileLock.feature_id == Feature.id).label("has_locks"),
+        )
         .execution_options(synchronize_session=False)
     )
 
 
 @functools.cache
-def unblock_statements() -> tuple[Select[int], Update]:
-    """(lock, unblock) for the dependents of ``feature_id``: row locks in id order, then their unmet
-    dependencies counted afresh (not decremented: a feature resumed after passing passes twice)."""
+def unblock_statements(*, for_update: bool) -> tuple[Select[int], Update]:
+    """(lock, unblock) for the dependents of ``feature_id``: their ids, row-locked in id order on
+    PostgreSQL (``for_update``), then their unmet dependencies counted afresh (not decremented: a
+    feature resumed after passing passes twice)."""
     dependents = select(FeatureDependency.feature_id).where(FeatureDependency.depends_on_id == bindparam("feature_id"))
-    lock = select(Feature.id).where(Feature.id.in_(dependents)).order_by(Feature.id).with_for_update()
+    lock = select(Feature.id).where(Feature.id.in_(dependents)).order_by(Feature.id)
+    lock = lock.with_for_update() if for_update else lock
     dep = aliased(Feature)
     link = aliased(FeatureDependency)
     unmet = (
@@ -358,22 +391,89 @@ def renew_merge_lock_statement(branch: str, owner: str, expires: datetime) -> Re
     )
 
 
+@functools.cache
+def unlock_feature_statement() -> Delete:
+    """Drop the file locks held for ``b_feature_id``."""
+    return delete(FileLock).where(FileLock.feature_id == bindparam("b_feature_id", type_=Integer))
+
+
+@functools.cache
+def lease_query() -> Select[str, str | None, int, int]:
+    """(status, owner, lease_token, attempts) of ``b_feature_id``."""
+    columns = (Feature.status, Feature.owner, Feature.lease_token, Feature.attempts)
+    return select(*columns).where(Feature.id == bindparam("b_feature_id", type_=Integer))
+
+
+# PostgreSQL runs a data-modifying statement in a CTE: a claim or a release and its event row
+# go in one statement, a round trip less per verb than the statement and log() (SQLite runs both
+# in-process, where a round trip costs nothing).
+_EVENT_COLUMNS = ["ts", "kind", "feature_id", "owner", "detail"]
+
+
+@functools.cache
+def claim_logged_statement() -> Select[*tuple[Any, ...]]:
+    """claim_statement with a ``claimed`` event per claimed feature (PostgreSQL)."""
+    claimed = claim_statement().cte("claimed")
+    event = select(
+        bindparam("b_now", type_=DateTime),
+        literal("claimed", String),
+        claimed.c.id,
+        claimed.c.owner,
+        func.json_build_object(literal("token", String), claimed.c.lease_token),
+    )
+    return select(*claimed.c).add_cte(insert(Event).from_select(_EVENT_COLUMNS, event).cte("logged"))
+
+
+def release_logged_statement(verdict: Verdict) -> Select[*tuple[Any, ...]]:
+    """release_statement with its ``released:<status>`` event (PostgreSQL); same parameters."""
+    return _release_logged_statement(*_release_kind(verdict), str(verdict.status))
+
+
+@functools.lru_cache(maxsize=64)
+def _release_logged_statement(kind: str, with_notes: bool, with_model: bool, status: str) -> Select[*tuple[Any, ...]]:
+    released = _release_statement(kind, with_notes, with_model).cte("released")
+    event = select(
+        bindparam("b_now", type_=DateTime),
+        literal(f"released:{status}", String),
+        bindparam("b_feature_id", type_=Integer),
+        bindparam("b_owner", type_=String),
+        func.json_build_object(
+            literal("token", String), bindparam("b_token", type_=Integer), literal("now", String), released.c.status
+        ),
+    ).select_from(released)
+    return select(*released.c).add_cte(insert(Event).from_select(_EVENT_COLUMNS, event).cte("logged"))
+
+
 # -- the event log ---------------------------------------------------------------------------
 
 
-def log(session: Session, entries: list[tuple[str, int | None, str | None, dict[str, Any] | None]]) -> None:
-    """Append ``(kind, feature_id, owner, detail)`` entries to the event log, in the caller's transaction.
+@functools.cache
+def event_insert() -> Insert:
+    """One event: ``ts``, ``kind``, ``feature_id``, ``owner``, ``detail``."""
+    return insert(Event).values(
+        ts=bindparam("ts", type_=DateTime),
+        kind=bindparam("kind", type_=String),
+        feature_id=bindparam("feature_id", type_=Integer),
+        owner=bindparam("owner", type_=String),
+        detail=bindparam("detail", type_=Event.__table__.c.detail.type),
+    )
 
-    On PostgreSQL it also notifies the ChangeWatchers (api/changes.py) that the queue changed.
+
+def log(
+    session: Session | Tx,
+    entries: list[tuple[str, int | None, str | None, dict[str, Any] | None]],
+    now: datetime | None = None,
+) -> None:
+    """Append ``(kind, feature_id, owner, detail)`` entries to the event log, in the caller's
+    transaction (an ORM session, or compiled statements on a driver connection).
+
+    On PostgreSQL a trigger on the table notifies the ChangeWatchers (api/changes.py) that the
+    queue changed, once per transaction however many rows it adds (migration 0006).
     """
     if entries:
-        now = utcnow()
-        # A Core insert: the ORM's bulk path cost ~0.3 ms per call, and there is one per verb.
-        session.execute(
-            insert(Event),
-            [{"ts": now, "kind": k, "feature_id": f, "owner": o, "detail": d} for k, f, o, d in entries],
-        )
-        if session.get_bind().dialect.name == "postgresql":
-            # Wakes the supervisors waiting in api.changes.ChangeWatcher; delivered on commit,
-            # once per transaction however many times it runs.
-            session.execute(NOTIFY_QUEUE)
+        now = now or utcnow()
+        rows = [{"ts": now, "kind": k, "feature_id": f, "owner": o, "detail": d} for k, f, o, d in entries]
+        if isinstance(session, Tx):
+            session.execute_many(event_insert(), rows)
+        else:
+            session.execute(event_insert(), rows)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, fresh_pg_url, ms, parse_args, percentiles, postgres, print_table, write_results
 
+from api import statements
 from api.database import Database
 from api.features_file import FeatureSpec
 from api.queue import FeatureQueue
@@ -168,28 +168,21 @@ def import_and_status(backend: Backend, project: Path, features: list[FeatureSpe
 def claim_plan(db: Database, queue: FeatureQueue) -> str:
     """The plan the database runs for the claim's ready query, as the driver sends it.
 
-    psycopg prepares a statement after its fifth execution, and PostgreSQL may then switch to
-    a generic plan that cannot see the parameter values: the plan is taken after six runs of
-    the prepared statement. SQLite plans a statement once, with its parameters unbound.
+    The query goes with its values inline (api.driver). psycopg prepares a statement after its
+    fifth execution, and PostgreSQL may then switch to a generic plan: the plan is taken after
+    six runs of the prepared statement. SQLite plans a statement once.
     """
-    compiled = queue._ready_query(1).compile(db.engine)
+    sql = db.driver.prepared(statements.ready_query(1, skip_locked=not db.is_sqlite)).sql
     with db.engine.connect() as conn:
         if db.is_sqlite:
-            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled), tuple(compiled.params.values())).all()
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql).all()
             return "\n".join(str(r[-1]) for r in rows)
-        names = list(compiled.params)
-        sql = re.sub(r"%\((\w+)\)s", lambda m: f"${names.index(m.group(1)) + 1}", str(compiled))
-        args = ", ".join(_pg_literal(v) for v in compiled.params.values())
         conn.exec_driver_sql(f"PREPARE ready_query AS {sql}")
         for _ in range(6):
-            conn.exec_driver_sql(f"EXECUTE ready_query({args})").all()
-        plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN EXECUTE ready_query({args})"))
+            conn.exec_driver_sql("EXECUTE ready_query").all()
+        plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN EXECUTE ready_query"))
         conn.rollback()  # the executions locked rows
         return plan
-
-
-def _pg_literal(value: object) -> str:
-    return "'" + value.replace("'", "''") + "'" if isinstance(value, str) else str(int(value))  # type: ignore[arg-type]
 
 
 def uses_ready_index(plan: str) -> bool:

@@ -378,3 +378,68 @@ def test_status_json_has_the_documented_shape(queue: FeatureQueue) -> None:
         "critical_path_minutes": 10.0,
     }
     assert doc["features"][0]["critical_path_minutes"] == 20.0
+
+
+# -- the claim and release on the driver's connection (api.driver) ------------------------------
+
+
+def test_every_claim_and_release_is_logged_with_its_token_and_the_stored_status(queue: FeatureQueue) -> None:
+    from sqlalchemy import select
+
+    from api.models import Event
+
+    queue.import_specs([spec("a"), spec("b", "a")])
+    (a,) = queue.claim(5, "sup")
+    queue.release(a.id, "sup", a.lease_token, "passing")
+    (b,) = queue.claim(5, "sup")
+    queue.release(b.id, "sup", b.lease_token, "failed", "broke")
+    rows = queue.db.run(
+        lambda s: s.execute(select(Event.kind, Event.feature_id, Event.owner, Event.detail).order_by(Event.id)).all()
+    )
+    assert [tuple(r) for r in rows if r.kind != "import"] == [
+        ("claimed", a.id, "sup", {"token": a.lease_token}),
+        ("released:passing", a.id, "sup", {"token": a.lease_token, "now": "passing"}),
+        ("claimed", b.id, "sup", {"token": b.lease_token}),
+        ("released:failed", b.id, "sup", {"token": b.lease_token, "now": "pending"}),  # attempts left
+    ]
+
+
+def test_claims_from_many_threads_share_nothing_and_never_claim_twice(queue: FeatureQueue) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    queue.import_specs([spec(f"f{i}") for i in range(60)])
+
+    def drain(worker: int) -> list[int]:
+        got = []
+        while claimed := queue.claim(1, f"w{worker}"):
+            queue.release(claimed[0].id, f"w{worker}", claimed[0].lease_token, "passing")
+            got.append(claimed[0].id)
+        return got
+
+    with ThreadPoolExecutor(6) as pool:
+        ids = [fid for got in pool.map(drain, range(6)) for fid in got]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 60
+    assert set(status_of(queue).values()) == {"passing"}
+
+
+@pytest.mark.postgres
+def test_a_claim_after_the_server_dropped_the_connection_is_redone_on_a_new_one(pg_url: str, project: Path) -> None:
+    from sqlalchemy import text
+
+    from api.database import Database
+
+    db = Database(pg_url)
+    db.migrate()
+    queue = FeatureQueue(db, project_dir=project)
+    try:
+        queue.import_specs([spec("a"), spec("b")])
+        (a,) = queue.claim(1, "sup")  # opens this thread's driver connection
+        pid = db.run_on_driver(lambda tx: tx.cursor.execute("SELECT pg_backend_pid()").fetchone()[0])
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+        (b,) = queue.claim(1, "sup")  # the dead connection is found, replaced, and the claim redone once
+        assert b.name == "b"
+        assert queue.release(a.id, "sup", a.lease_token, "passing").applied
+        assert status_of(queue) == {"a": "passing", "b": "claimed"}
+    finally:
+        db.dispose()
