@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, exists, select, update
@@ -297,6 +298,18 @@ class PeopleVerbs:
             return _control(row)
 
         return self.db.run(work, read_only=True)
+
+    def wait_control(self, request_id: int, within: float, poll: float = 0.2) -> ControlRequest | None:
+        """The stop/nudge request once a supervisor acted on it, or None after ``within`` seconds
+        (it still will, at its next check). Polled: the supervisor is another process."""
+        deadline = time.monotonic() + within
+        while True:
+            current = self.control(request_id)
+            if current.handled_at is not None:
+                return current
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(poll)
 
     # -- follow-ups ---------------------------------------------------------------------------
 

@@ -333,10 +333,4 @@ def _queue_status(queue: FeatureQueue) -> dict[str, Any]:
 
 async def _handled(queue: FeatureQueue, request_id: int, within: float = 10.0) -> Any:
     """The stop/nudge request once its supervisor acted on it, or None after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        current = await _call(queue.control, request_id)
-        if current.handled_at is not None:
-            return current
-        await asyncio.sleep(WAIT_POLL_S)
-    return None
+    return await _call(queue.wait_control, request_id, within, WAIT_POLL_S)

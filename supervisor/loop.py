@@ -20,6 +20,7 @@ from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from api import dag
 from api.changes import ChangeWatcher
 from api.errors import AgentManagerError, LeaseLostError, PathOutsideProjectError
 from api.queue import FeatureQueue
@@ -774,22 +775,19 @@ class Supervisor:
         """Look for claimable work now (something was just enqueued or answered in this process)."""
         self._wake.set()
 
-    def stop(self, reason: str = "stopped") -> None:
+    def stop(self, reason: str = "stopped", exit_code: int = 0, note: str | None = None) -> None:
         """Stop as on Ctrl-C: the claimed features go back to the queue, then run() returns."""
         if not self._stopping:
-            self.view.note(f"stopping ({reason}): giving claimed features back")
+            self.view.note(note or f"stopping ({reason}): giving claimed features back")
         self._stopping = True
-        self._fatal = self._fatal or (reason, 0)
+        self._fatal = self._fatal or (reason, exit_code)
         self._wake.set()
 
     def _on_signal(self) -> None:
         self._signals += 1
         if self._signals > 1:
             os._exit(130)  # a second Ctrl-C: leave now; leases expire and the work is reclaimed
-        self.view.note("stopping: giving claimed features back (Ctrl-C again to quit at once)")
-        self._stopping = True
-        self._fatal = self._fatal or ("interrupted", 130)
-        self._wake.set()
+        self.stop("interrupted", 130, "stopping: giving claimed features back (Ctrl-C again to quit at once)")
 
     async def _shutdown(self) -> None:
         tasks = list(self._tasks.values())
@@ -836,8 +834,8 @@ class Supervisor:
 def _ready_left(report: StatusReport) -> bool:
     """Pending features whose dependencies all passed: another supervisor's claim transaction may
     hold them for a moment (SKIP LOCKED), so a claim that found none does not mean the run is over."""
-    passed = {f.name for f in report.features if f.status == Status.PASSING}
-    return any(f.status == Status.PENDING and all(d in passed for d in f.depends_on) for f in report.features)
+    graph = dag.build_graph({f.name: f.depends_on for f in report.features})
+    return bool(dag.ready_set(graph, {f.name: f.status for f in report.features}))
 
 
 def _landing_problem(landing: Landing, branch: str) -> str:

@@ -7,7 +7,6 @@ stop and nudge wait briefly for the supervisor running the feature to act and sa
 from __future__ import annotations
 
 import json
-import time
 
 from api.errors import InputError
 from api.queue import FeatureQueue
@@ -103,10 +102,4 @@ def cmd_nudge(settings: Settings, feature_id: int, text: str) -> int:
 
 def _wait_handled(queue: FeatureQueue, request: ControlRequest) -> ControlRequest | None:
     """The request once its supervisor handled it, or None after CONTROL_WAIT_S (it still will)."""
-    deadline = time.monotonic() + CONTROL_WAIT_S
-    while time.monotonic() < deadline:
-        current = queue.control(request.id)
-        if current.handled_at is not None:
-            return current
-        time.sleep(0.2)  # polled: another process (the supervisor) writes the answer
-    return None
+    return queue.wait_control(request.id, CONTROL_WAIT_S)
