@@ -66,11 +66,8 @@ class Driver:
         found = self._prepared.get(id(statement))
         if found is not None:
             return found[1]
-        # A statement may ask for its values inline (statements.ready_query): PostgreSQL's
-        # generic plan for a prepared statement then sees them as a custom plan would.
-        inline = bool(statement.get_execution_options().get("inline_values"))
         assert isinstance(statement, ClauseElement)
-        compiled = statement.compile(dialect=self.dialect, compile_kwargs={"literal_binds": inline})
+        compiled = statement.compile(dialect=self.dialect)
         assert isinstance(compiled, SQLCompiler)
         expanding = tuple(_EXPANDING.findall(compiled.string))
         # The values of its literals (None included); the caller gives the named parameters.

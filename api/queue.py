@@ -79,29 +79,35 @@ class FeatureQueue(PeopleVerbs):
             return []
         now = utcnow()
         expires = now + timedelta(seconds=self.lease_seconds)
-        ids, rows = self.db.run_on_driver(lambda tx: self._claim_on(tx, n, owner, now, expires))
+        rows = self.db.run_on_driver(lambda tx: self._claim_on(tx, n, owner, now, expires))
         # Typed records after the commit: on SQLite the write lock is held for the SQL alone.
-        return sorted((reads.claimed(row, expires) for row in rows), key=lambda c: ids.index(c.id))
+        return [reads.claimed(row, expires) for row in sorted(rows, key=lambda r: (r.claim_order, r.id))]
 
-    def _claim_on(self, tx: Tx, n: int, owner: str, now: datetime, expires: datetime) -> tuple[list[int], list[Any]]:
-        skip_locked = not tx.is_sqlite
-        ready = tx.rows(statements.ready_query(n, skip_locked=skip_locked))
-        if not ready:
-            return [], []
-        ids = [r.id for r in ready]
-        if any(r.has_files for r in ready):
+    def _claim_on(self, tx: Tx, n: int, owner: str, now: datetime, expires: datetime) -> list[Any]:
+        sqlite = tx.is_sqlite
+        params = statements.claim_params((), owner, now, expires)
+        # The usual case in one statement: the n best ready features, none with known files.
+        if sqlite:
+            rows = tx.rows(statements.claim_ready_statement(n, skip_locked=False), params)
+        else:  # with its events
+            rows = tx.rows(statements.claim_ready_logged_statement(n), params)
+        if not rows:
+            ready = tx.rows(statements.ready_query(n, skip_locked=not sqlite))
+            if not any(r.has_files for r in ready):
+                return []  # nothing ready
             # Some may share files with running work: look further for ones that do not. Only
             # then are more rows locked (SKIP LOCKED), so file-less queues claim as before.
-            more = tx.rows(statements.ready_query(n + LOOKAHEAD, skip_locked=skip_locked))
+            more = tx.rows(statements.ready_query(n + LOOKAHEAD, skip_locked=not sqlite))
             ids = _apart(tx, [r.id for r in more], n)
             if not ids:
-                return [], []
-        params = statements.claim_params(ids, owner, now, expires)
-        if not tx.is_sqlite:  # the claim and its events in one statement
-            return ids, tx.rows(statements.claim_logged_statement(), params)
-        rows = tx.rows(statements.claim_statement(), params)
-        statements.log(tx, [("claimed", r.id, owner, {"token": r.lease_token}) for r in rows], now)
-        return ids, rows
+                return []
+            params["b_ids"] = ids
+            if not sqlite:
+                return tx.rows(statements.claim_logged_statement(), params)
+            rows = tx.rows(statements.claim_statement(), params)
+        if sqlite:
+            statements.log(tx, [("claimed", r.id, owner, {"token": r.lease_token}) for r in rows], now)
+        return rows
 
     def release(
         self, feature_id: int, owner: str, token: int, status: str | Verdict, notes: str = "", **verdict: Any

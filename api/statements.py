@@ -30,6 +30,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     select,
     update,
 )
@@ -48,27 +49,52 @@ from api.records import (
 
 @functools.lru_cache(maxsize=128)
 def ready_query(n: int, *, skip_locked: bool) -> Select[int, bool]:
-    """The claim's candidate query: up to ``n`` ready features (id, has_files), best first (one per n and dialect)."""
+    """The claim's candidate query: up to ``n`` ready features (id, has_files), best first (one per n and dialect).
+
+    Its values are written into the SQL, not bound: psycopg prepares a statement it runs often,
+    and PostgreSQL's generic plan for it could not see that few rows are pending and ready.
+    """
     dep = aliased(Feature)
     unmet = exists().where(
         FeatureDependency.feature_id == Feature.id,
         FeatureDependency.depends_on_id == dep.id,
-        dep.status != Status.PASSING,
+        dep.status != _const(Status.PASSING),
     )
     # unmet_deps narrows the index scan; the NOT EXISTS re-checks the truth for the few rows taken.
     # has_files: whether it declared or touched files, so the claim knows to keep it apart from running work.
     has_files = (Feature.files.is_not(None)) | (Feature.touched_files.is_not(None))
     query = (
         select(Feature.id, has_files.label("has_files"))
-        .where(Feature.status == Status.PENDING, Feature.unmet_deps == 0, ~unmet)
+        .where(Feature.status == _const(Status.PENDING), Feature.unmet_deps == literal_column("0"), ~unmet)
         .order_by(Feature.claim_order, Feature.id)
-        .limit(n)
+        .limit(literal_column(str(int(n))))
     )
     if skip_locked:
         query = query.with_for_update(skip_locked=True, of=Feature)
-    # Sent with its values inline (api.driver): psycopg prepares a statement it runs often, and
-    # PostgreSQL's generic plan for it could not see that few rows are pending and ready.
-    return query.execution_options(inline_values=True)
+    return query
+
+
+def _const(status: Status) -> ColumnElement[str]:
+    return literal_column(f"'{status.value}'", String)  # a Status value: a fixed word, nothing to escape
+
+
+@functools.lru_cache(maxsize=128)
+def claim_ready_statement(n: int, *, skip_locked: bool) -> ReturningUpdate[*tuple[Any, ...]]:
+    """Claim the first ``n`` of ready_query in one statement, unless one of them has files (then
+    nothing: the caller keeps features with files apart from running work, see api.queue).
+    Returns CLAIMED_COLUMNS and claim_order; takes claim_params without ``b_ids``."""
+    ready = ready_query(n, skip_locked=skip_locked).cte("ready")
+    return (
+        update(Feature)
+        # No status guard beside the ready rows' own: they are pending under SQLite's write lock
+        # and PostgreSQL's row locks, and SQLite would scan the pending index for it instead of
+        # looking the ids up.
+        .where(Feature.id.in_(select(ready.c.id)), ~exists().where(ready.c.has_files))
+        .values(**_claim_values())
+        .returning(*CLAIMED_COLUMNS, Feature.claim_order)
+        .add_cte(ready)
+        .execution_options(synchronize_session=False)
+    )
 
 
 @functools.cache
@@ -105,30 +131,36 @@ def locked_paths_query() -> Select[str]:
 @functools.cache
 def claim_statement() -> ReturningUpdate[*tuple[Any, ...]]:
     """Claim the pending features among ``b_ids``: a new lease token, owner and agent id each."""
-    new_token = Feature.lease_token + 1
     return (
         update(Feature)
         .where(Feature.id.in_(bindparam("b_ids", expanding=True)), Feature.status == Status.PENDING)
-        .values(
-            status=Status.CLAIMED,
-            owner=bindparam("b_owner", type_=String),
-            agent_id=bindparam("b_agent_prefix", type_=String)
-            + cast(Feature.id, String)
-            + literal("/")
-            + cast(new_token, String),
-            lease_token=new_token,
-            lease_expires_at=bindparam("b_expires", type_=DateTime),
-            claimed_at=bindparam("b_now", type_=DateTime),
-            updated_at=bindparam("b_now", type_=DateTime),
-        )
-        .returning(*CLAIMED_COLUMNS)
+        .values(**_claim_values())
+        .returning(*CLAIMED_COLUMNS, Feature.claim_order)
         .execution_options(synchronize_session=False)
     )
 
 
+def _claim_values() -> dict[str, Any]:
+    """A claim's new values: a new lease token, owner and agent id each."""
+    new_token = Feature.lease_token + 1
+    return {
+        "status": Status.CLAIMED,
+        "owner": bindparam("b_owner", type_=String),
+        "agent_id": bindparam("b_agent_prefix", type_=String)
+        + cast(Feature.id, String)
+        + literal("/")
+        + cast(new_token, String),
+        "lease_token": new_token,
+        "lease_expires_at": bindparam("b_expires", type_=DateTime),
+        "claimed_at": bindparam("b_now", type_=DateTime),
+        "updated_at": bindparam("b_now", type_=DateTime),
+    }
+
+
 def claim_params(ids: Iterable[int], owner: str, now: datetime, expires: datetime) -> dict[str, Any]:
-    """The values of claim_statement's parameters."""
-    return {"b_ids": list(ids), "b_owner": owner, "b_agent_prefix": owner + "/", "b_expires": expires, "b_now": now}
+    """The values of claim_statement's parameters (claim_ready_statement's: without ``b_ids``)."""
+    params = {"b_owner": owner, "b_agent_prefix": owner + "/", "b_expires": expires, "b_now": now}
+    return params | {"b_ids": list(ids)} if ids else params
 
 
 def release_statement(verdict: Verdict) -> ReturningUpdate[str, int, bool, bool]:
@@ -413,7 +445,17 @@ _EVENT_COLUMNS = ["ts", "kind", "feature_id", "owner", "detail"]
 @functools.cache
 def claim_logged_statement() -> Select[*tuple[Any, ...]]:
     """claim_statement with a ``claimed`` event per claimed feature (PostgreSQL)."""
-    claimed = claim_statement().cte("claimed")
+    return _logged_claim(claim_statement())
+
+
+@functools.lru_cache(maxsize=128)
+def claim_ready_logged_statement(n: int) -> Select[*tuple[Any, ...]]:
+    """claim_ready_statement with a ``claimed`` event per claimed feature (PostgreSQL)."""
+    return _logged_claim(claim_ready_statement(n, skip_locked=True))
+
+
+def _logged_claim(claim: ReturningUpdate[*tuple[Any, ...]]) -> Select[*tuple[Any, ...]]:
+    claimed = claim.cte("claimed")
     event = select(
         bindparam("b_now", type_=DateTime),
         literal("claimed", String),
