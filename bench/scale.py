@@ -32,7 +32,9 @@ from common import REPO_ROOT, fresh_pg_url, ms, parse_args, percentiles, postgre
 
 from api import statements
 from api.database import Database
+from api.driver import Tx
 from api.features_file import FeatureSpec
+from api.models import utcnow
 from api.queue import FeatureQueue
 
 FEATURES = 10_000
@@ -166,23 +168,23 @@ def import_and_status(backend: Backend, project: Path, features: list[FeatureSpe
 
 
 def claim_plan(db: Database, queue: FeatureQueue) -> str:
-    """The plan the database runs for the claim's ready query, as the driver sends it.
+    """The plan the database makes for the claim statement (one ready feature), as the driver
+    sends it (api.driver). Its ready query goes with its values in the SQL, so a generic plan
+    of the prepared statement (psycopg prepares after five runs) reads it as this one does."""
+    driver = db.driver
+    if db.is_sqlite:
+        statement = statements.claim_ready_statement(1, skip_locked=False)
+    else:
+        statement = statements.claim_ready_logged_statement(1)
+    now = utcnow()
+    sql, values = driver.sql_and_values(driver.prepared(statement), statements.claim_params((), "plan", now, now))
+    explain = "EXPLAIN QUERY PLAN " if db.is_sqlite else "EXPLAIN "
 
-    The query goes with its values inline (api.driver). psycopg prepares a statement after its
-    fifth execution, and PostgreSQL may then switch to a generic plan: the plan is taken after
-    six runs of the prepared statement. SQLite plans a statement once.
-    """
-    sql = db.driver.prepared(statements.ready_query(1, skip_locked=not db.is_sqlite)).sql
-    with db.engine.connect() as conn:
-        if db.is_sqlite:
-            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql).all()
-            return "\n".join(str(r[-1]) for r in rows)
-        conn.exec_driver_sql(f"PREPARE ready_query AS {sql}")
-        for _ in range(6):
-            conn.exec_driver_sql("EXECUTE ready_query").all()
-        plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN EXECUTE ready_query"))
-        conn.rollback()  # the executions locked rows
-        return plan
+    def plan(tx: Tx) -> str:
+        tx.cursor.execute(explain + sql, values)  # a plan only: nothing is claimed
+        return "\n".join(str(row[-1]) if db.is_sqlite else str(row[0]) for row in tx.cursor.fetchall())
+
+    return db.run_on_driver(plan)
 
 
 def uses_ready_index(plan: str) -> bool:
