@@ -7,7 +7,6 @@ import os
 import random
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -98,11 +97,11 @@ class Database:
                 "connect_args": {"connect_timeout": 10, "options": "-c plan_cache_mode=force_custom_plan"},
             }
         self.engine = create_engine(self.url, pool_pre_ping=True, **options)
-        # The claim and the release run on driver connections of their own (api.driver), one per
-        # thread, kept open: a pool checkout, a pre-ping (on PostgreSQL a round trip) and a reset
-        # on return cost as much as the verb's SQL. A connection found dead is replaced and the work
-        # redone instead (run_on_driver). sqlite3 takes named parameters. No plan_cache_mode: the
-        # ready query is sent with its values inline, so PostgreSQL's generic plan sees them.
+        # The claim and the release run on driver connections of their own (api.driver), at most
+        # pool_size, each kept by the thread that used it last: a pool checkout, a pre-ping (on
+        # PostgreSQL a round trip) and a reset on return cost as much as the verb's SQL. A
+        # connection found dead is replaced and the work redone instead (run_on_driver). sqlite3
+        # takes named parameters. No plan_cache_mode: the ready query's values are in its SQL.
         if self.is_sqlite:
             driver_options: dict[str, Any] = {**options, "paramstyle": "named"}
         else:
@@ -112,7 +111,7 @@ class Database:
             _install_sqlite_recipe(self.engine)
             _install_sqlite_recipe(self._driver_engine)
         self._driver: Driver | None = None
-        self._connections = _PerThread(self._driver_engine)
+        self._connections = _Connections(self._driver_engine, pool_size)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self.engine.execution_options(read_only=True), expire_on_commit=False)
 
@@ -163,7 +162,8 @@ class Database:
     def driver(self) -> Driver:
         """The statements compiled for this database (api.driver); connects once to learn its dialect."""
         if self._driver is None:
-            self._connections.get()  # the dialect reads the server's version on first connect
+            self._connections.acquire()  # the dialect reads the server's version on first connect
+            self._connections.release()
             self._driver = Driver(self._driver_engine.dialect)
         return self._driver
 
@@ -172,7 +172,7 @@ class Database:
         return Tx(self.driver, session.connection().connection.driver_connection)
 
     def run_on_driver(self, work: Callable[[Tx], T]) -> T:
-        """Run ``work(tx)`` in one transaction on this thread's driver connection: committed on
+        """Run ``work(tx)`` in one transaction on a driver connection (api.driver): committed on
         success, rolled back on error; redone after a PostgreSQL deadlock, or once on a connection
         found dead before the commit. Raises DatabaseError as transaction() does."""
         driver = self.driver
@@ -180,7 +180,7 @@ class Database:
         for attempt in range(_MAX_TRIES):
             committing = False
             try:
-                conn = self._connections.get()
+                conn = self._connections.acquire()
             except sa_exc.DBAPIError as exc:
                 raise DatabaseError(f"database error on {self.display_url}: {_first_line(exc.orig or exc)}") from exc
             raw: Any = conn.driver_connection
@@ -195,7 +195,7 @@ class Database:
             except dbapi.Error as exc:
                 dead = self._driver_engine.dialect.is_disconnect(exc, raw, None)
                 if dead:
-                    self._connections.drop(conn, exc)
+                    self._connections.drop(exc)
                 else:
                     with contextlib.suppress(dbapi.Error):
                         raw.rollback()
@@ -211,6 +211,8 @@ class Database:
                 with contextlib.suppress(Exception):
                     raw.rollback()
                 raise
+            finally:
+                self._connections.release()
         raise AssertionError("unreachable")
 
     def migrate(self) -> None:
@@ -281,53 +283,55 @@ class Database:
         self._driver_engine.dispose()
 
 
-class _PerThread:
-    """One driver connection per thread, opened on first use and kept until the thread ends or
-    ``close_all``. Connections inherited across a fork are left to their process."""
+class _Connections:
+    """Driver connections with thread affinity: a thread keeps the connection it used last, so a
+    verb costs no checkout, and at most ``limit`` are open; a thread beyond them takes over an
+    idle one, or waits for one. Connections inherited across a fork are left to their process."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, limit: int) -> None:
         self._engine = engine
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._held: list[tuple[weakref.ref[threading.Thread], int, PoolProxiedConnection]] = []
+        self._limit = max(1, limit)
+        self._cond = threading.Condition()
+        self._pid = os.getpid()
+        self._owned: dict[int, PoolProxiedConnection] = {}  # thread ident -> the connection it holds
+        self._busy: set[int] = set()  # threads inside a transaction
 
-    def get(self) -> PoolProxiedConnection:
-        mine = getattr(self._local, "held", None)
-        if mine is not None and mine[0] == os.getpid():
-            return mine[1]  # type: ignore[no-any-return]
-        conn = self._engine.raw_connection()
-        self._local.held = (os.getpid(), conn)
-        with self._lock:
-            # Connections of threads that have ended: closed here, there is no hook at thread exit.
-            ended = [h for h in self._held if h[1] == os.getpid() and not _alive(h[0])]
-            for entry in ended:
-                self._held.remove(entry)
-                with contextlib.suppress(Exception):
-                    entry[2].close()
-            self._held.append((weakref.ref(threading.current_thread()), os.getpid(), conn))
-        return conn
+    def acquire(self) -> PoolProxiedConnection:
+        me = threading.get_ident()
+        with self._cond:
+            if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
+                self._pid, self._owned, self._busy = os.getpid(), {}, set()
+            while me not in self._owned:
+                idle = next((t for t in self._owned if t not in self._busy), None)
+                if len(self._owned) < self._limit:
+                    self._owned[me] = self._engine.raw_connection()
+                elif idle is not None:
+                    self._owned[me] = self._owned.pop(idle)
+                else:
+                    self._cond.wait()
+            self._busy.add(me)
+            return self._owned[me]
 
-    def drop(self, conn: PoolProxiedConnection, exc: BaseException) -> None:
-        """Forget this thread's connection (found dead); the next get() opens another."""
-        self._local.held = None
-        with self._lock:
-            self._held = [h for h in self._held if h[2] is not conn]
-        with contextlib.suppress(Exception):
-            conn.invalidate(exc)
+    def release(self) -> None:
+        with self._cond:
+            self._busy.discard(threading.get_ident())
+            self._cond.notify()
+
+    def drop(self, exc: BaseException) -> None:
+        """Forget this thread's connection (found dead); the next acquire() opens another."""
+        with self._cond:
+            conn = self._owned.pop(threading.get_ident(), None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.invalidate(exc)
 
     def close_all(self) -> None:
-        with self._lock:
-            held, self._held = self._held, []
-        self._local.held = None
-        for _thread, pid, conn in held:
-            if pid == os.getpid():
-                with contextlib.suppress(Exception):
-                    conn.close()
-
-
-def _alive(thread: weakref.ref[threading.Thread]) -> bool:
-    found = thread()
-    return found is not None and found.is_alive()
+        with self._cond:
+            held = list(self._owned.values()) if self._pid == os.getpid() else []
+            self._owned = {}
+        for conn in held:
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 def _first_line(exc: BaseException) -> str:

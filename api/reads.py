@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Row, Select, bindparam, func, select
 from sqlalchemy.orm import Session, aliased
 
 from api import dag
+from api.driver import json_list
 from api.errors import NotFoundError
 from api.models import AgentRun, Event, Feature, FeatureDependency, FileLock, MergeLock
 from api.records import (
@@ -38,14 +40,16 @@ def _dependencies_query() -> Select[int, str, str, str | None]:
     )
 
 
-def claimed(row: Feature) -> ClaimedFeature:
+def claimed(row: Any, expires: datetime) -> ClaimedFeature:
+    """A row of statements.claim_statement, read through the driver (api.driver): the lease
+    expiry is the one just written, and steps come as JSON text from sqlite3."""
     return ClaimedFeature(
         id=row.id,
         name=row.name,
         description=row.description,
         category=row.category,
         priority=row.priority,
-        steps=tuple(row.steps or ()),
+        steps=tuple(json_list(row.steps)),
         verify=row.verify,
         model=row.model,
         max_attempts=row.max_attempts,
@@ -54,7 +58,7 @@ def claimed(row: Feature) -> ClaimedFeature:
         owner=row.owner or "",
         agent_id=row.agent_id or "",
         lease_token=row.lease_token,
-        lease_expires_at=row.lease_expires_at,  # type: ignore[arg-type]
+        lease_expires_at=expires,
         max_cost_usd=row.max_cost_usd,
         cost_usd=row.cost_usd,
         resume_session_id=row.resume_session_id,
