@@ -291,14 +291,16 @@ class _Connections:
     def __init__(self, engine: Engine, limit: int) -> None:
         self._engine = engine
         self._limit = max(1, limit)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # taken twice a verb: a plain lock, the condition only to wait
+        self._freed = threading.Condition(self._lock)
+        self._waiting = 0
         self._pid = os.getpid()
         self._owned: dict[int, PoolProxiedConnection] = {}  # thread ident -> the connection it holds
         self._busy: set[int] = set()  # threads inside a transaction
 
     def acquire(self) -> PoolProxiedConnection:
         me = threading.get_ident()
-        with self._cond:
+        with self._lock:
             if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
                 self._pid, self._owned, self._busy = os.getpid(), {}, set()
             while me not in self._owned:
@@ -308,25 +310,28 @@ class _Connections:
                 elif idle is not None:
                     self._owned[me] = self._owned.pop(idle)
                 else:
-                    self._cond.wait()
+                    self._waiting += 1
+                    self._freed.wait()
+                    self._waiting -= 1
             self._busy.add(me)
             return self._owned[me]
 
     def release(self) -> None:
-        with self._cond:
+        with self._lock:
             self._busy.discard(threading.get_ident())
-            self._cond.notify()
+            if self._waiting:
+                self._freed.notify()
 
     def drop(self, exc: BaseException) -> None:
         """Forget this thread's connection (found dead); the next acquire() opens another."""
-        with self._cond:
+        with self._lock:
             conn = self._owned.pop(threading.get_ident(), None)
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.invalidate(exc)
 
     def close_all(self) -> None:
-        with self._cond:
+        with self._lock:
             held = list(self._owned.values()) if self._pid == os.getpid() else []
             self._owned = {}
         for conn in held:

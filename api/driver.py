@@ -19,6 +19,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from sqlalchemy import JSON, DateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.base import Executable
@@ -30,22 +31,35 @@ from sqlalchemy.sql.schema import CallableColumnDefault
 _EXPANDING = re.compile(r"__\[POSTCOMPILE_(\w+)\]")
 
 
-_AS_IS = frozenset({int, float, str, bool, type(None)})
+def _json_text(value: Any) -> Any:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _sqlite_datetime(value: Any) -> Any:
+    # SQLAlchemy's DateTime storage format on SQLite (string comparisons must agree with it).
+    return value.isoformat(" ", "microseconds") if isinstance(value, datetime) else value
 
 
 class _Prepared:
-    """One statement compiled for one dialect: its SQL, the values of its literals, and the type
-    of the rows it returns (known after its first execution)."""
+    """One statement compiled for one dialect: its SQL, the values of its literals, the
+    parameters whose values need converting (by their SQL type), and the type of the rows it
+    returns (known after its first execution)."""
 
-    __slots__ = ("by_sizes", "computed", "expanding", "row_type", "sql", "static")
+    __slots__ = ("by_sizes", "computed", "convert", "expanding", "row_type", "sql", "static")
 
     def __init__(
-        self, sql: str, static: dict[str, Any], expanding: tuple[str, ...], computed: dict[str, Callable[[], Any]]
+        self,
+        sql: str,
+        static: dict[str, Any],
+        expanding: tuple[str, ...],
+        computed: dict[str, Callable[[], Any]],
+        convert: tuple[tuple[str, Callable[[Any], Any]], ...],
     ) -> None:
         self.sql = sql
         self.static = static
         self.expanding = expanding
         self.computed = computed
+        self.convert = convert
         self.by_sizes: dict[tuple[int, ...], str] = {}
         self.row_type: Any = None
 
@@ -84,31 +98,37 @@ class Driver:
                 raise ValueError(f"column {column.key} has a Python default api.driver cannot compute")
             # SQLAlchemy wraps a no-argument function (models.utcnow) to take an execution context.
             computed[column.key] = functools.partial(default.arg, None)  # type: ignore[arg-type]
-        prepared = _Prepared(compiled.string, static, expanding, computed)
+        # The caller's values that need converting, known from their SQL type: the rest (numbers,
+        # strings, None) go to the driver as they are.
+        convert = []
+        for name, bind in compiled.binds.items():
+            if name in static or name in expanding:
+                continue
+            if isinstance(bind.type, JSON):
+                convert.append((name, _json_text))  # psycopg gets a ::JSON cast in the SQL
+            elif self.is_sqlite and isinstance(bind.type, DateTime):
+                convert.append((name, _sqlite_datetime))
+        prepared = _Prepared(compiled.string, static, expanding, computed, tuple(convert))
         self._prepared[id(statement)] = (statement, prepared)  # the statement kept alive with its id
         return prepared
 
     def value(self, value: Any) -> Any:
         """A Python value as the driver takes it, converted as SQLAlchemy's types would."""
-        kind = type(value)
-        if kind in _AS_IS:
-            return value
-        if kind is datetime:  # SQLAlchemy's DateTime storage format on SQLite; psycopg takes it as is
-            return value.isoformat(" ", "microseconds") if self.is_sqlite else value
         if isinstance(value, Enum):
             return value.value
         if isinstance(value, dict | list):
-            return json.dumps(value)  # JSON columns (psycopg gets a ::JSON cast in the SQL)
+            return json.dumps(value)
+        if self.is_sqlite and isinstance(value, datetime):
+            return _sqlite_datetime(value)
         return value
 
     def sql_and_values(self, prepared: _Prepared, params: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
-        values = dict(prepared.static)
+        values = {**prepared.static, **params} if params else dict(prepared.static)
         for key, compute in prepared.computed.items():
             values[key] = self.value(compute())
-        if params:
-            for key, value in params.items():
-                # Most values pass as they are: tested inline, this runs ~20 times a claim and release.
-                values[key] = value if type(value) in _AS_IS or key in prepared.expanding else self.value(value)
+        for key, convert in prepared.convert:
+            if key in values:
+                values[key] = convert(values[key])
         if not prepared.expanding:
             return prepared.sql, values
         lists = [values.pop(name) for name in prepared.expanding]
