@@ -144,6 +144,15 @@ class Database:
             raise DatabaseError(
                 f"database rejected a write on {self.display_url}: {_first_line(exc.orig or exc)}"
             ) from exc
+        except self.engine.dialect.loaded_dbapi.Error as exc:
+            # Raised by a statement run on the session's driver connection (tx_in): the same errors.
+            raise self._error(exc) from exc
+
+    def _error(self, exc: Exception) -> DatabaseError:
+        dbapi = self.engine.dialect.loaded_dbapi
+        if isinstance(exc, dbapi.OperationalError | dbapi.InterfaceError):
+            return DatabaseError(f"database error on {self.display_url}: {_first_line(exc)}")
+        return DatabaseError(f"database rejected a write on {self.display_url}: {_first_line(exc)}")
 
     def run(self, work: Callable[[Session], T], *, read_only: bool = False) -> T:
         """Run ``work(session)`` in one transaction, redoing it after a PostgreSQL deadlock."""
@@ -152,7 +161,8 @@ class Database:
                 with self.transaction(read_only=read_only) as session:
                     return work(session)
             except DatabaseError as exc:
-                sqlstate = getattr(getattr(exc.__cause__, "orig", None), "sqlstate", None)
+                cause = getattr(exc.__cause__, "orig", None) or exc.__cause__  # SQLAlchemy's, or the driver's
+                sqlstate = getattr(cause, "sqlstate", None)
                 if sqlstate not in _RETRYABLE_SQLSTATES or attempt == _MAX_TRIES - 1:
                     raise
                 time.sleep(random.uniform(0, 0.005 * 2**attempt))
@@ -204,9 +214,7 @@ class Database:
                 if getattr(exc, "sqlstate", None) in _RETRYABLE_SQLSTATES and attempt < _MAX_TRIES - 1:
                     time.sleep(random.uniform(0, 0.005 * 2**attempt))
                     continue
-                if isinstance(exc, dbapi.OperationalError | dbapi.InterfaceError):
-                    raise DatabaseError(f"database error on {self.display_url}: {_first_line(exc)}") from exc
-                raise DatabaseError(f"database rejected a write on {self.display_url}: {_first_line(exc)}") from exc
+                raise self._error(exc) from exc
             except BaseException:
                 with contextlib.suppress(Exception):
                     raw.rollback()

@@ -459,3 +459,28 @@ def test_a_claim_after_the_server_dropped_the_connection_is_redone_on_a_new_one(
         assert status_of(queue) == {"a": "passing", "b": "claimed"}
     finally:
         db.dispose()
+
+
+@pytest.mark.postgres
+def test_a_deadlock_on_the_sessions_driver_connection_is_redone_and_other_errors_are_one_line(pg_url: str) -> None:
+    from api.database import Database
+    from api.errors import DatabaseError
+
+    db = Database(pg_url)
+    db.migrate()
+    tries: list[int] = []
+    deadlock = "DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END $$"
+
+    def work(session):  # as finish_attempt runs a release: raw statements in the ORM's transaction
+        tries.append(1)
+        if len(tries) == 1:
+            db.tx_in(session).cursor.execute(deadlock)
+        return len(tries)
+
+    try:
+        assert db.run(work) == 2  # redone once, as a deadlock through the ORM is
+        broken = "DO $$ BEGIN RAISE EXCEPTION 'no good' USING ERRCODE = '23505'; END $$"
+        with pytest.raises(DatabaseError, match=r"^database rejected a write on .*: no good$"):
+            db.run(lambda session: db.tx_in(session).cursor.execute(broken))
+    finally:
+        db.dispose()
