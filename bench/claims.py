@@ -39,12 +39,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, ms, parse_args, percentiles, postgres, print_table, write_results
 
-from api.changes import QUEUE_CHANNEL
+from api import statements
 from api.database import SQLITE_BUSY_TIMEOUT_S, Database
 from api.errors import LeaseLostError
 from api.features_file import FeatureSpec
 from api.models import utcnow
 from api.queue import FeatureQueue
+from api.records import Status, Verdict
 
 PROCESSES = (1, 4, 8, 16)
 GOAL_RATIO = 0.8  # product claims/s / bare claims/s, every backend and K
@@ -55,9 +56,9 @@ SLICE_S = 0.5  # product and bare alternate in slices this long, so both see the
 # -- the bare loop: the same claim and release in plain SQL -------------------------------------
 # The same columns the product's claim and release set, guarded the same way (status; owner and
 # lease token on release), and one events row per verb with the same kind and detail. Left out:
-# what the product does beyond that (the NOT EXISTS re-check of dependencies, the whole row
-# returned by the claim, the unblocking of dependents and the file-lock delete on release, pg_notify,
-# the pool's pre-ping), so the ratio includes their cost.
+# what the product does beyond that (the NOT EXISTS re-check of dependencies and the check for
+# known files, the whole row returned by the claim, whether the released feature has dependents
+# to unblock or file locks to drop), so the ratio includes their cost.
 
 SQLITE_PICK = "SELECT id FROM features WHERE status = 'pending' AND unmet_deps = 0 ORDER BY claim_order, id LIMIT 1"
 SQLITE_CLAIM = (
@@ -71,27 +72,6 @@ SQLITE_RELEASE = (
 )
 SQLITE_EVENT = "INSERT INTO events (ts, kind, feature_id, owner, detail) VALUES (?, ?, ?, ?, ?)"
 
-# The product's other statements, for the profile's third loop ("bare + the product's SQL"): the
-# same SQL the product sends, through the raw driver, to split the gap into SQL and Python.
-NOT_BLOCKED = (
-    "AND NOT EXISTS (SELECT 1 FROM feature_dependencies l JOIN features d ON d.id = l.depends_on_id "
-    "WHERE l.feature_id = features.id AND d.status != 'passing') "
-)
-SQLITE_PICK_FULL = SQLITE_PICK.replace("ORDER BY", NOT_BLOCKED + "ORDER BY")
-SQLITE_CLAIM_FULL = SQLITE_CLAIM.replace("RETURNING lease_token", "RETURNING lease_token, *")
-RELEASE_FULL_SET = "cost_usd = cost_usd + 0.0, resume_session_id = NULL, resume_prompt = NULL, "
-SQLITE_RELEASE_FULL = (
-    SQLITE_RELEASE.replace("updated_at = ?", RELEASE_FULL_SET + "updated_at = ?") + " RETURNING status, attempts"
-)
-DEPENDENTS = "SELECT feature_id FROM feature_dependencies WHERE depends_on_id = ?"
-SQLITE_UNBLOCK = (
-    "UPDATE features SET unmet_deps = (SELECT count(*) FROM feature_dependencies l JOIN features d "
-    "ON d.id = l.depends_on_id WHERE l.feature_id = features.id AND d.status != 'passing') "
-    f"WHERE id IN ({DEPENDENTS})"
-)
-SQLITE_UNLOCK = "DELETE FROM file_locks WHERE feature_id = ?"
-PING = "SELECT 1"  # SQLAlchemy's pool_pre_ping, once per transaction
-
 PG_CLAIM = (
     "UPDATE features SET status = 'claimed', owner = %s, agent_id = %s || id::text || '/' || (lease_token + 1)::text, "
     "lease_token = lease_token + 1, lease_expires_at = %s, claimed_at = %s, updated_at = %s "
@@ -100,21 +80,6 @@ PG_CLAIM = (
 )
 PG_RELEASE = SQLITE_RELEASE.replace("?", "%s")
 PG_EVENT = "INSERT INTO events (ts, kind, feature_id, owner, detail) VALUES (%s, %s, %s, %s, %s::json)"
-PG_PICK_FULL = (
-    "SELECT id FROM features WHERE status = 'pending' AND unmet_deps = 0 "
-    + NOT_BLOCKED
-    + "ORDER BY claim_order, id LIMIT 1 FOR UPDATE OF features SKIP LOCKED"
-)
-PG_CLAIM_FULL = (
-    "UPDATE features SET status = 'claimed', owner = %s, agent_id = %s || id::text || '/' || (lease_token + 1)::text, "
-    "lease_token = lease_token + 1, lease_expires_at = %s, claimed_at = %s, updated_at = %s "
-    "WHERE id = %s AND status = 'pending' RETURNING lease_token, *"
-)
-PG_RELEASE_FULL = SQLITE_RELEASE_FULL.replace("?", "%s")
-PG_LOCK_DEPENDENTS = f"SELECT id FROM features WHERE id IN ({DEPENDENTS}) ORDER BY id FOR UPDATE".replace("?", "%s")
-PG_UNBLOCK = SQLITE_UNBLOCK.replace("?", "%s")
-PG_UNLOCK = SQLITE_UNLOCK.replace("?", "%s")
-PG_NOTIFY = f"SELECT pg_notify('{QUEUE_CHANNEL}', '')"
 
 
 def _sqlite_ts(value: Any) -> str:
@@ -123,35 +88,27 @@ def _sqlite_ts(value: Any) -> str:
 
 class BareSqlite:
     """Claim and release on a SQLite file with sqlite3: the connection set up as api.database does
-    (WAL, synchronous=NORMAL, the same busy timeout), BEGIN IMMEDIATE for each transaction.
-    ``full``: the product's statements instead (the profile's third loop)."""
+    (WAL, synchronous=NORMAL, the same busy timeout), BEGIN IMMEDIATE for each transaction."""
 
-    def __init__(self, path: str, *, full: bool = False) -> None:
+    def __init__(self, path: str) -> None:
         self.conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None)
         for pragma in ("journal_mode = WAL", "synchronous = NORMAL", "foreign_keys = ON"):
             self.conn.execute(f"PRAGMA {pragma}")
-        self.full = full
-
-    def _begin(self) -> None:
-        if self.full:
-            self.conn.execute(PING).fetchall()
-        self.conn.execute("BEGIN IMMEDIATE")
 
     def claim(self, owner: str) -> tuple[int, int] | None:
         conn = self.conn
         now = utcnow()
-        self._begin()
+        conn.execute("BEGIN IMMEDIATE")
         try:
             # fetchall: each statement ends before COMMIT
-            picked = conn.execute(SQLITE_PICK_FULL if self.full else SQLITE_PICK).fetchall()
+            picked = conn.execute(SQLITE_PICK).fetchall()
             if not picked:
                 conn.execute("COMMIT")
                 return None
             feature_id = picked[0][0]
             stamp = _sqlite_ts(now)
             expires = _sqlite_ts(now + timedelta(seconds=LEASE_SECONDS))
-            claim = SQLITE_CLAIM_FULL if self.full else SQLITE_CLAIM
-            marked = conn.execute(claim, (owner, owner + "/", expires, stamp, stamp, feature_id)).fetchall()
+            marked = conn.execute(SQLITE_CLAIM, (owner, owner + "/", expires, stamp, stamp, feature_id)).fetchall()
             if not marked:  # cannot happen under BEGIN IMMEDIATE; counted as a lost release if it did
                 conn.execute("COMMIT")
                 return feature_id, -1
@@ -166,15 +123,9 @@ class BareSqlite:
     def release(self, feature_id: int, owner: str, token: int) -> bool:
         conn = self.conn
         stamp = _sqlite_ts(utcnow())
-        self._begin()
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            params = (stamp, stamp, feature_id, owner, token)
-            if self.full:
-                applied = len(conn.execute(SQLITE_RELEASE_FULL, params).fetchall()) == 1
-                conn.execute(SQLITE_UNBLOCK, (feature_id,))
-                conn.execute(SQLITE_UNLOCK, (feature_id,))
-            else:
-                applied = conn.execute(SQLITE_RELEASE, params).rowcount == 1
+            applied = conn.execute(SQLITE_RELEASE, (stamp, stamp, feature_id, owner, token)).rowcount == 1
             detail = f'{{"token": {token}, "now": "passing"}}'
             conn.execute(SQLITE_EVENT, (stamp, "released:passing", feature_id, owner, detail))
             conn.execute("COMMIT")
@@ -190,34 +141,21 @@ class BareSqlite:
 class BarePostgres:
     """Claim and release on PostgreSQL with psycopg: one UPDATE ... WHERE id = (SELECT ... FOR UPDATE
     SKIP LOCKED) RETURNING for the claim; the driver's defaults otherwise (it prepares repeated
-    statements; no plan_cache_mode option). ``full``: the product's statements instead."""
+    statements)."""
 
-    def __init__(self, conninfo: str, *, full: bool = False) -> None:
+    def __init__(self, conninfo: str) -> None:
         import psycopg
 
-        options = " options='-c plan_cache_mode=force_custom_plan'" if full else ""
-        self.conn = psycopg.connect(conninfo + options)
-        self.full = full
+        self.conn = psycopg.connect(conninfo)
 
     def claim(self, owner: str) -> tuple[int, int] | None:
         conn = self.conn
         now = utcnow()
         expires = now + timedelta(seconds=LEASE_SECONDS)
         try:
-            if self.full:
-                conn.execute(PING).fetchall()
-                picked = conn.execute(PG_PICK_FULL).fetchall()
-                row = None
-                if picked:
-                    params = (owner, owner + "/", expires, now, now, picked[0][0])
-                    marked = conn.execute(PG_CLAIM_FULL, params).fetchone()
-                    row = None if marked is None else (picked[0][0], marked[0])
-            else:
-                row = conn.execute(PG_CLAIM, (owner, owner + "/", expires, now, now)).fetchone()
+            row = conn.execute(PG_CLAIM, (owner, owner + "/", expires, now, now)).fetchone()
             if row is not None:
                 conn.execute(PG_EVENT, (now, "claimed", row[0], owner, f'{{"token": {row[1]}}}'))
-                if self.full:
-                    conn.execute(PG_NOTIFY)
             conn.commit()
         except BaseException:
             conn.rollback()
@@ -228,19 +166,9 @@ class BarePostgres:
         conn = self.conn
         now = utcnow()
         try:
-            params = (now, now, feature_id, owner, token)
-            if self.full:
-                conn.execute(PING).fetchall()
-                applied = len(conn.execute(PG_RELEASE_FULL, params).fetchall()) == 1
-                conn.execute(PG_LOCK_DEPENDENTS, (feature_id,)).fetchall()
-                conn.execute(PG_UNBLOCK, (feature_id,))
-                conn.execute(PG_UNLOCK, (feature_id,))
-            else:
-                applied = conn.execute(PG_RELEASE, params).rowcount == 1
+            applied = conn.execute(PG_RELEASE, (now, now, feature_id, owner, token)).rowcount == 1
             detail = f'{{"token": {token}, "now": "passing"}}'
             conn.execute(PG_EVENT, (now, "released:passing", feature_id, owner, detail))
-            if self.full:
-                conn.execute(PG_NOTIFY)
             conn.commit()
         except BaseException:
             conn.rollback()
@@ -251,9 +179,93 @@ class BarePostgres:
         self.conn.close()
 
 
-def open_bare(target: tuple[str, str], *, full: bool = False) -> BareSqlite | BarePostgres:
+class ProductSql:
+    """The product's own claim and release statements, as api.driver compiles and sends them,
+    run through the raw driver with their values made ready: the profile's third loop, which
+    splits the product's cost into its SQL and the Python around it."""
+
+    def __init__(self, url: str) -> None:
+        db = Database(url, pool_size=1)
+        driver, self.sqlite = db.driver, db.is_sqlite
+        now = utcnow()
+        passing = Verdict(Status.PASSING)
+        if self.sqlite:
+            claim, release = (
+                statements.claim_ready_statement(1, skip_locked=False),
+                statements.release_statement(passing),
+            )
+        else:
+            claim = statements.claim_ready_logged_statement(1)
+            release = statements.release_logged_statement(passing)
+        self.claim_sql, self.claim_values = driver.sql_and_values(
+            driver.prepared(claim), statements.claim_params((), "", now, now)
+        )
+        self.release_sql, self.release_values = driver.sql_and_values(
+            driver.prepared(release), statements.release_params(0, "", 0, passing, 3, now)
+        )
+        event = {"ts": now, "kind": "", "feature_id": 0, "owner": "", "detail": {}}
+        self.event_sql, self.event_values = driver.sql_and_values(driver.prepared(statements.event_insert()), event)
+        db.dispose()
+        if self.sqlite:
+            self.conn: Any = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=SQLITE_BUSY_TIMEOUT_S)
+            self.conn.isolation_level = None
+            for pragma in ("journal_mode = WAL", "synchronous = NORMAL", "foreign_keys = ON"):
+                self.conn.execute(f"PRAGMA {pragma}")
+        else:
+            import psycopg
+
+            self.conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
+
+    def _now(self) -> Any:
+        return _sqlite_ts(utcnow()) if self.sqlite else utcnow()
+
+    def claim(self, owner: str) -> tuple[int, int] | None:
+        conn, now = self.conn, self._now()
+        values = self.claim_values | {"b_owner": owner, "b_agent_prefix": owner + "/", "b_now": now, "b_expires": now}
+        try:
+            if self.sqlite:
+                conn.execute("BEGIN IMMEDIATE")
+            rows = conn.execute(self.claim_sql, values).fetchall()
+            if rows and self.sqlite:
+                detail = f'{{"token": {rows[0][13]}}}'
+                event = {"ts": now, "kind": "claimed", "feature_id": rows[0][0], "owner": owner, "detail": detail}
+                conn.execute(self.event_sql, self.event_values | event)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        return (rows[0][0], rows[0][13]) if rows else None  # id, lease_token (statements.CLAIMED_COLUMNS)
+
+    def release(self, feature_id: int, owner: str, token: int) -> bool:
+        conn, now = self.conn, self._now()
+        values = self.release_values | {"b_feature_id": feature_id, "b_owner": owner, "b_token": token, "b_now": now}
+        try:
+            if self.sqlite:
+                conn.execute("BEGIN IMMEDIATE")
+            applied = len(conn.execute(self.release_sql, values).fetchall()) == 1
+            if applied and self.sqlite:
+                detail = f'{{"token": {token}, "now": "passing"}}'
+                event = {
+                    "ts": now,
+                    "kind": "released:passing",
+                    "feature_id": feature_id,
+                    "owner": owner,
+                    "detail": detail,
+                }
+                conn.execute(self.event_sql, self.event_values | event)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        return applied
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def open_bare(target: tuple[str, str]) -> BareSqlite | BarePostgres:
     backend, where = target
-    return BareSqlite(where, full=full) if backend == "sqlite" else BarePostgres(where, full=full)
+    return BareSqlite(where) if backend == "sqlite" else BarePostgres(where)
 
 
 # -- the loops ----------------------------------------------------------------------------------
@@ -287,9 +299,19 @@ def product(url: str, owner: str) -> Iterator[Loop]:
 
 
 @contextmanager
-def bare(target: tuple[str, str], owner: str, *, full: bool = False) -> Iterator[Loop]:
-    """The bare loop (``full``: with the product's statements) through the raw driver."""
-    loop = open_bare(target, full=full)
+def bare(target: tuple[str, str], owner: str) -> Iterator[Loop]:
+    """The bare loop through the raw driver."""
+    loop = open_bare(target)
+    try:
+        yield (lambda: loop.claim(owner)), (lambda feature_id, token: loop.release(feature_id, owner, token))
+    finally:
+        loop.close()
+
+
+@contextmanager
+def product_sql(url: str, owner: str) -> Iterator[Loop]:
+    """The product's statements through the raw driver (the profile's third loop)."""
+    loop = ProductSql(url)
     try:
         yield (lambda: loop.claim(owner)), (lambda feature_id, token: loop.release(feature_id, owner, token))
     finally:
@@ -560,7 +582,7 @@ def profile_one(copies: SqliteCopies | PostgresCopies, cycles: int) -> dict:
     loops: tuple[tuple[str, Callable[..., Any], Any], ...] = (
         ("product", product, copies.product()),
         ("bare", bare, copies.bare()),
-        ("bare_with_product_sql", functools.partial(bare, full=True), copies.bare()),
+        ("bare_with_product_sql", product_sql, copies.product()),
     )
     for name, opener, target in loops:
         with opener(target, "p0") as (claim, release):
@@ -598,13 +620,11 @@ def profile_one(copies: SqliteCopies | PostgresCopies, cycles: int) -> dict:
     steps = {
         "FeatureQueue.claim": ("api/queue.py", "claim"),
         "FeatureQueue.release": ("api/queue.py", "release"),
-        "  Session.execute (all statements)": ("orm/session.py", "execute"),
-        "  Session.commit / transaction end": ("orm/session.py", "commit"),
-        "  Session.close": ("orm/session.py", "close"),
-        "  pool checkout (with pre-ping)": ("pool/base.py", "_checkout"),
+        "  Database.run_on_driver (transaction)": ("api/database.py", "run_on_driver"),
+        "  Tx.rows (statements, rows)": ("api/driver.py", "rows"),
+        "  Driver.sql_and_values (parameters)": ("api/driver.py", "sql_and_values"),
         "  reads.claimed (row -> ClaimedFeature)": ("api/reads.py", "claimed"),
-        "  statements.log (event insert, pg_notify)": ("api/statements.py", "log"),
-        "  _unblock_dependents": ("api/queue.py", "_unblock_dependents"),
+        "  statements.log (event insert, SQLite)": ("api/statements.py", "log"),
     }
     out["steps"] = []
     for label, (suffix, func) in steps.items():
@@ -615,7 +635,7 @@ def profile_one(copies: SqliteCopies | PostgresCopies, cycles: int) -> dict:
 
 
 def print_profile(backend: str, prof: dict) -> None:
-    loops = (("product", "product"), ("bare", "bare"), ("bare + the product's SQL", "bare_with_product_sql"))
+    loops = (("product", "product"), ("bare", "bare"), ("the product's SQL alone", "bare_with_product_sql"))
     print_table(
         f"{backend}: client CPU per cycle, one process alone ({prof['cycles']} cycles, no profiler)",
         ["loop", "claim (ms)", "release (ms)", "cycle (ms)"],
@@ -624,9 +644,8 @@ def print_profile(backend: str, prof: dict) -> None:
             for label, key in loops
             for r in (prof[key],)
         ],
-        note="bare + the product's SQL: the statements the product sends (the dependency re-check, the whole row "
-        "returned, the unblocking of dependents, the file-lock delete, pg_notify, the pool's pre-ping), through the "
-        "raw driver.",
+        note="the product's SQL alone: the claim and release statements the product sends (api.driver), run "
+        "through the raw driver with their values made ready: the rest of the product's CPU is Python.",
     )
     print_table(
         f"{backend}: where the product's CPU goes (cProfile, process CPU; "
