@@ -610,5 +610,6 @@ def _unblock_dependents(tx: Tx, feature_id: int) -> None:
     # On PostgreSQL the dependents are row-locked in id order first, so two releases that share
     # dependents cannot deadlock; the count then sees the other's committed status.
     lock, unblock = statements.unblock_statements(for_update=not tx.is_sqlite)
-    if tx.rows(lock, {"feature_id": feature_id}):
-        tx.execute(unblock, {"feature_id": feature_id})
+    dependents = [r.id for r in tx.rows(lock, {"feature_id": feature_id})]
+    if dependents:
+        tx.execute(unblock, {"b_ids": dependents})

@@ -257,24 +257,32 @@ def _release_statement(verdict: str, with_notes: bool, with_model: bool) -> Retu
 
 @functools.cache
 def unblock_statements(*, for_update: bool) -> tuple[Select[int], Update]:
-    """(lock, unblock) for the dependents of ``feature_id``: their ids, row-locked in id order on
-    PostgreSQL (``for_update``), then their unmet dependencies counted afresh (not decremented: a
-    feature resumed after passing passes twice)."""
+    """(lock, unblock) for the dependents of a released feature: ``lock`` reads their ids
+    (``feature_id``: the released one), row-locked in id order on PostgreSQL (``for_update``);
+    ``unblock`` counts the unmet dependencies of ``b_ids`` afresh (not decremented: a feature
+    resumed after passing passes twice).
+
+    Both are written so that every step is a primary-key or index lookup whatever the planner
+    knows: right after a large import PostgreSQL has no statistics yet, and planned the obvious
+    forms as scans of the whole table (12 ms a release with 10,000 features).
+    """
     dependents = select(FeatureDependency.feature_id).where(FeatureDependency.depends_on_id == bindparam("feature_id"))
-    lock = select(Feature.id).where(Feature.id.in_(dependents)).order_by(Feature.id)
-    lock = lock.with_for_update() if for_update else lock
-    dep = aliased(Feature)
-    link = aliased(FeatureDependency)
+    if for_update:  # PostgreSQL: the ids first (an InitPlan), then primary-key lookups
+        lock = select(Feature.id).where(Feature.id == func.any(func.array(dependents.scalar_subquery())))
+        lock = lock.order_by(Feature.id).with_for_update()
+    else:
+        lock = select(Feature.id).where(Feature.id.in_(dependents)).order_by(Feature.id)
+    link, dep = aliased(FeatureDependency), aliased(Feature)
+    status_of = select(dep.status).where(dep.id == link.depends_on_id).scalar_subquery()
     unmet = (
         select(func.count())
         .select_from(link)
-        .join(dep, dep.id == link.depends_on_id)
-        .where(link.feature_id == Feature.id, dep.status != Status.PASSING)
+        .where(link.feature_id == Feature.id, status_of != Status.PASSING)
         .scalar_subquery()
     )
     unblock = (
         update(Feature)
-        .where(Feature.id.in_(dependents))
+        .where(Feature.id.in_(bindparam("b_ids", expanding=True)))
         .values(unmet_deps=unmet)
         .execution_options(synchronize_session=False)
     )
