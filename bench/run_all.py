@@ -28,6 +28,7 @@ BENCHMARKS = (
     "file_conflicts",
     "rate_limit",
     "session_start",
+    "dashboard",
 )
 
 
