@@ -107,6 +107,8 @@ def test_the_page_shows_every_feature_its_status_the_counts_and_the_cost_per_mod
     assert '<td>sonnet</td><td class="num">$0.5000</td>' in page.text.replace("\n", "").replace("  ", "")
     assert "Which port should it use?" in page.text  # the open question, with its answer box
     assert 'action="/answer/' in page.text
+    now = page.text[page.text.index('<section id="now"') : page.text.index('<section id="features"')]
+    assert re.findall(r'<td class="name"><a href="/feature/\d+">([^<]+)</a>', now) == ["api"]  # running now
 
 
 def test_the_graph_has_one_node_per_feature_coloured_by_its_status(mixed: FeatureQueue) -> None:
