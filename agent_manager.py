@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         "dashboard", help="serve a web page of the queue that updates itself, with answer, approve, retry and stop"
     )
     _add(p_dashboard, DASHBOARD_OPTIONS, suppress=True)
-    _add(p_dashboard, {"max_cost": RUN_OPTIONS["max_cost"]}, suppress=True)
+    budget = (("--max-cost",), float, None, "the run's budget in US dollars, shown against what it spent")
+    _add(p_dashboard, {"max_cost": budget}, suppress=True)
     p_lead = sub.add_parser(
         "lead",
         help="serve the lead agent's MCP tools over stdio (claude mcp add agent-manager-lead -- agent-manager lead "
