@@ -33,6 +33,7 @@ from api.records import (
     LockResult,
     ReleaseResult,
     RunRecord,
+    RunTotals,
     Status,
     StatusReport,
     Verdict,
@@ -535,6 +536,10 @@ class FeatureQueue(PeopleVerbs):
 
     def status_report(self) -> StatusReport:
         return self.db.run(reads.status_report, read_only=True)
+
+    def run_totals(self) -> RunTotals:
+        """Per feature: its attempts' wall time and the attempt in flight; cost by model."""
+        return self.db.run(reads.run_totals, read_only=True)
 
     def events(self, feature_id: int | None = None) -> list[tuple[int, str, int | None, str | None]]:
         """(id, kind, feature_id, owner) of logged events, oldest first."""

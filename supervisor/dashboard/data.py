@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from api import reads
 from api.queue import FeatureQueue
 from api.records import (
     FeatureContext,
@@ -19,7 +18,6 @@ from api.records import (
     PermissionRecord,
     QuestionRecord,
     RunRecord,
-    RunTotals,
     Status,
 )
 from supervisor.display import transcript_line
@@ -128,7 +126,7 @@ class FeaturePage:
 def read_board(queue: FeatureQueue, link: RunLink | None = None, budget_usd: float | None = None) -> Board:
     """The queue now. ``link``: the supervisor of this process, for live activity and its spend."""
     report = queue.status_report()
-    totals = _run_totals(queue)
+    totals = queue.run_totals()
     live = link.snapshot() if link is not None else None
     questions = tuple(queue.questions())
     permissions = tuple(queue.permissions())
@@ -200,12 +198,6 @@ def read_feature(
         activity=activity,
         running_since=_unix(running.started_at) if running is not None else None,
     )
-
-
-def _run_totals(queue: FeatureQueue) -> RunTotals:
-    # A read in api/reads.py run the way FeatureQueue runs its own read verbs (one read-only
-    # transaction); it belongs on FeatureQueue once api/queue.py is free to change.
-    return queue.db.run(reads.run_totals, read_only=True)
 
 
 def _unix(naive_utc: datetime) -> float:
