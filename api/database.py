@@ -305,11 +305,15 @@ class _Connections:
         self._pid = os.getpid()
         self._owned: dict[int, PoolProxiedConnection] = {}  # thread ident -> the connection it holds
         self._busy: set[int] = set()  # threads inside a transaction
+        self._inherited: list[PoolProxiedConnection] = []
 
     def acquire(self) -> PoolProxiedConnection:
         me = threading.get_ident()
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
+                # ...nor to close: finalising a psycopg connection here would end the parent's
+                # session on their shared socket, so they are kept, unused, for this process's life.
+                self._inherited.extend(self._owned.values())
                 self._pid, self._owned, self._busy = os.getpid(), {}, set()
             while me not in self._owned:
                 idle = next((t for t in self._owned if t not in self._busy), None)

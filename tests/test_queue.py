@@ -484,3 +484,33 @@ def test_a_deadlock_on_the_sessions_driver_connection_is_redone_and_other_errors
             db.run(lambda session: db.tx_in(session).cursor.execute(broken))
     finally:
         db.dispose()
+
+
+@pytest.mark.postgres
+def test_a_forked_child_leaves_the_parents_connection_alone(pg_url: str, project: Path) -> None:
+    import multiprocessing
+
+    from api.database import Database
+
+    db = Database(pg_url)
+    db.migrate()
+    queue = FeatureQueue(db, project_dir=project)
+
+    def backend_pid() -> int:
+        return db.run_on_driver(lambda tx: tx.cursor.execute("SELECT pg_backend_pid()").fetchone()[0])
+
+    def child() -> None:  # claims on a connection of its own
+        assert [c.name for c in queue.claim(1, "child")] == ["b"]
+
+    try:
+        queue.import_specs([spec("a"), spec("b"), spec("c")])
+        assert names(queue.claim(1, "parent")) == ["a"]
+        before = backend_pid()
+        proc = multiprocessing.get_context("fork").Process(target=child)
+        proc.start()
+        proc.join(60)
+        assert proc.exitcode == 0
+        assert names(queue.claim(1, "parent")) == ["c"]
+        assert backend_pid() == before  # the same session: the child did not end it
+    finally:
+        db.dispose()
