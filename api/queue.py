@@ -78,37 +78,44 @@ class FeatureQueue(PeopleVerbs):
         """
         if n <= 0:
             return []
-        now = utcnow()
-        expires = now + timedelta(seconds=self.lease_seconds)
-        rows = self.db.run_on_driver(lambda tx: self._claim_on(tx, n, owner, now, expires))
+        expires, rows = self.db.run_on_driver(lambda tx: self._claim_on(tx, n, owner))
         # Typed records after the commit: on SQLite the write lock is held for the SQL alone.
         return [reads.claimed(row, expires) for row in sorted(rows, key=lambda r: (r.claim_order, r.id))]
 
-    def _claim_on(self, tx: Tx, n: int, owner: str, now: datetime, expires: datetime) -> list[Any]:
+    def _claim_on(self, tx: Tx, n: int, owner: str) -> tuple[datetime, list[Any]]:
         sqlite = tx.is_sqlite
+        # The usual case in one statement: the n best ready features, none with known files (on
+        # PostgreSQL with their events).
+        claim = (
+            statements.claim_ready_statement(n, skip_locked=False)
+            if sqlite
+            else statements.claim_ready_logged_statement(n)
+        )
+        # The time is read at the last moment: after opening a connection or compiling the
+        # statement for a new n (tens of ms each), the claim's event would predate a change its
+        # statement saw.
+        tx.driver.prepared(claim)
+        now = utcnow()
+        expires = now + timedelta(seconds=self.lease_seconds)
         params = statements.claim_params((), owner, now, expires)
-        # The usual case in one statement: the n best ready features, none with known files.
-        if sqlite:
-            rows = tx.rows(statements.claim_ready_statement(n, skip_locked=False), params)
-        else:  # with its events
-            rows = tx.rows(statements.claim_ready_logged_statement(n), params)
+        rows = tx.rows(claim, params)
         if not rows:
             ready = tx.rows(statements.ready_query(n, skip_locked=not sqlite))
             if not any(r.has_files for r in ready):
-                return []  # nothing ready
+                return expires, []  # nothing ready
             # Some may share files with running work: look further for ones that do not. Only
             # then are more rows locked (SKIP LOCKED), so file-less queues claim as before.
             more = tx.rows(statements.ready_query(n + LOOKAHEAD, skip_locked=not sqlite))
             ids = _apart(tx, [r.id for r in more], n)
             if not ids:
-                return []
+                return expires, []
             params["b_ids"] = ids
             if not sqlite:
-                return tx.rows(statements.claim_logged_statement(), params)
+                return expires, tx.rows(statements.claim_logged_statement(), params)
             rows = tx.rows(statements.claim_statement(), params)
-        if sqlite:
-            statements.log(tx, [("claimed", r.id, owner, {"token": r.lease_token}) for r in rows], now)
-        return rows
+        if sqlite:  # logged after the statement, as the ORM verbs log
+            statements.log(tx, [("claimed", r.id, owner, {"token": r.lease_token}) for r in rows])
+        return expires, rows
 
     def release(
         self, feature_id: int, owner: str, token: int, status: str | Verdict, notes: str = "", **verdict: Any
@@ -196,7 +203,7 @@ class FeatureQueue(PeopleVerbs):
             tx.execute(statements.unlock_feature_statement(), {"b_feature_id": feature_id})
         if tx.is_sqlite:
             entry = {"token": token, "now": row.status}
-            statements.log(tx, [(f"released:{verdict.status}", feature_id, owner, entry)], now)
+            statements.log(tx, [(f"released:{verdict.status}", feature_id, owner, entry)])
         return ReleaseResult(feature_id, Status(row.status), row.attempts, applied=True)
 
     def heartbeat(self, owner: str, held: Mapping[int, int] | None = None) -> HeartbeatResult:

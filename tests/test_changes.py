@@ -151,6 +151,17 @@ def test_changes_made_before_a_wait_are_reported_by_it_coalesced_into_one_true(
     assert run(change_while_waiting())
 
 
+def test_a_claim_that_finds_nothing_wakes_no_one(queue: FeatureQueue, watcher: ChangeWatcher) -> None:
+    # An idle supervisor claims, finds nothing and waits for a change: if its empty claim counted
+    # as one, every idle supervisor (and dashboard) on the queue would spin.
+    add(queue, "a")
+    assert len(queue.claim(1, "sup")) == 1
+    assert run(watcher.wait(5))
+    for _ in range(3):
+        assert queue.claim(1, "sup") == []
+    assert not run(watcher.wait(0.8))
+
+
 def test_a_cancelled_wait_loses_no_change(queue: FeatureQueue, watcher: ChangeWatcher) -> None:
     async def scenario() -> bool:
         waiting = asyncio.create_task(watcher.wait(30))

@@ -23,14 +23,17 @@ _CHANNEL = "agent_manager_queue"
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return  # SQLite's watchers poll the newest event id
-    # Once per statement that appends events; PostgreSQL folds a transaction's identical
-    # notifications into one, delivered on commit.
+    # Once per statement that appends events, and only when it appended some: a statement-level
+    # trigger also fires for an INSERT of no rows (a claim that found nothing), and a notification
+    # then would wake every idle supervisor into another claim. PostgreSQL folds a transaction's
+    # identical notifications into one, delivered on commit.
     op.execute(
         "CREATE OR REPLACE FUNCTION agent_manager_notify_queue() RETURNS trigger LANGUAGE plpgsql AS $$ "
-        f"BEGIN PERFORM pg_notify('{_CHANNEL}', ''); RETURN NULL; END $$"
+        f"BEGIN IF EXISTS (SELECT 1 FROM appended) THEN PERFORM pg_notify('{_CHANNEL}', ''); END IF; "
+        "RETURN NULL; END $$"
     )
     op.execute(
-        "CREATE TRIGGER events_notify_queue AFTER INSERT ON events "
+        "CREATE TRIGGER events_notify_queue AFTER INSERT ON events REFERENCING NEW TABLE AS appended "
         "FOR EACH STATEMENT EXECUTE FUNCTION agent_manager_notify_queue()"
     )
 
