@@ -136,23 +136,22 @@ class Database:
         try:
             with factory() as session, session.begin():
                 yield session
-        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-            raise DatabaseError(f"database error on {self.display_url}: {_first_line(exc.orig or exc)}") from exc
-        except sa_exc.DBAPIError as exc:
-            # Integrity, data and programming errors: the statement, not the connection, is at
-            # fault (a value too long for a column, a duplicate key). Callers show one line.
-            raise DatabaseError(
-                f"database rejected a write on {self.display_url}: {_first_line(exc.orig or exc)}"
-            ) from exc
-        except self.engine.dialect.loaded_dbapi.Error as exc:
-            # Raised by a statement run on the session's driver connection (tx_in): the same errors.
+        # SQLAlchemy's wrapping of a driver error, or the driver's own from a statement run on
+        # the session's connection (tx_in).
+        except (sa_exc.DBAPIError, self.engine.dialect.loaded_dbapi.Error) as exc:
             raise self._error(exc) from exc
 
     def _error(self, exc: Exception) -> DatabaseError:
+        """One line for a database error: SQLAlchemy's wrapping of a driver error, or the driver's."""
         dbapi = self.engine.dialect.loaded_dbapi
-        if isinstance(exc, dbapi.OperationalError | dbapi.InterfaceError):
-            return DatabaseError(f"database error on {self.display_url}: {_first_line(exc)}")
-        return DatabaseError(f"database rejected a write on {self.display_url}: {_first_line(exc)}")
+        cause = getattr(exc, "orig", None) or exc
+        if isinstance(cause, dbapi.OperationalError | dbapi.InterfaceError) or isinstance(
+            exc, sa_exc.OperationalError | sa_exc.InterfaceError
+        ):
+            return DatabaseError(f"database error on {self.display_url}: {_first_line(cause)}")
+        # Integrity, data and programming errors: the statement, not the connection, is at
+        # fault (a value too long for a column, a duplicate key). Callers show one line.
+        return DatabaseError(f"database rejected a write on {self.display_url}: {_first_line(cause)}")
 
     def run(self, work: Callable[[Session], T], *, read_only: bool = False) -> T:
         """Run ``work(session)`` in one transaction, redoing it after a PostgreSQL deadlock."""
@@ -161,11 +160,8 @@ class Database:
                 with self.transaction(read_only=read_only) as session:
                     return work(session)
             except DatabaseError as exc:
-                cause = getattr(exc.__cause__, "orig", None) or exc.__cause__  # SQLAlchemy's, or the driver's
-                sqlstate = getattr(cause, "sqlstate", None)
-                if sqlstate not in _RETRYABLE_SQLSTATES or attempt == _MAX_TRIES - 1:
+                if not _redo_after_conflict(getattr(exc.__cause__, "orig", None) or exc.__cause__, attempt):
                     raise
-                time.sleep(random.uniform(0, 0.005 * 2**attempt))
         raise AssertionError("unreachable")
 
     @property
@@ -192,7 +188,7 @@ class Database:
             try:
                 conn = self._connections.acquire()
             except sa_exc.DBAPIError as exc:
-                raise DatabaseError(f"database error on {self.display_url}: {_first_line(exc.orig or exc)}") from exc
+                raise self._error(exc) from exc
             raw: Any = conn.driver_connection
             try:
                 tx = Tx(driver, raw)
@@ -211,8 +207,7 @@ class Database:
                         raw.rollback()
                 if dead and not committing and attempt == 0:
                     continue  # nothing was committed: redo it on a fresh connection
-                if getattr(exc, "sqlstate", None) in _RETRYABLE_SQLSTATES and attempt < _MAX_TRIES - 1:
-                    time.sleep(random.uniform(0, 0.005 * 2**attempt))
+                if _redo_after_conflict(exc, attempt):
                     continue
                 raise self._error(exc) from exc
             except BaseException:
@@ -349,6 +344,15 @@ class _Connections:
         for conn in held:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def _redo_after_conflict(driver_error: BaseException | None, attempt: int) -> bool:
+    """Whether to redo a transaction that failed with ``driver_error`` (a PostgreSQL deadlock or
+    serialisation conflict, tries left); waits a random backoff first when so."""
+    if getattr(driver_error, "sqlstate", None) not in _RETRYABLE_SQLSTATES or attempt == _MAX_TRIES - 1:
+        return False
+    time.sleep(random.uniform(0, 0.005 * 2**attempt))
+    return True
 
 
 def _first_line(exc: BaseException) -> str:

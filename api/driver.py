@@ -183,11 +183,8 @@ class Tx:
         self.cursor.executemany(prepared.sql, rows)
 
 
-def json_value(value: Any) -> Any:
-    """A JSON column's value as read through the driver: sqlite3 gives text, psycopg parses it."""
-    return json.loads(value) if isinstance(value, str) else value
-
-
 def json_list(value: Any) -> list[Any]:
-    found = json_value(value)
+    """A JSON list column's value as read through the driver (sqlite3 gives text, psycopg parses
+    it); [] for NULL or anything but a list."""
+    found = json.loads(value) if isinstance(value, str) else value
     return list(found) if isinstance(found, Iterable) and not isinstance(found, str | dict) else []

@@ -184,7 +184,7 @@ class FeatureQueue(PeopleVerbs):
         else:  # the release and its event in one statement
             found = tx.rows(statements.release_logged_statement(verdict), params)
         if not found:
-            current = tx.rows(statements.lease_query(), {"b_feature_id": feature_id})
+            current = tx.rows(reads.lease_query(), {"b_feature_id": feature_id})
             if not current:
                 raise NotFoundError(f"no feature with id {feature_id}")
             if current[0].owner == owner and current[0].lease_token == token:

@@ -9,7 +9,7 @@ import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, func, select
+from sqlalchemy import Integer, Row, Select, bindparam, func, select
 from sqlalchemy.orm import Session, aliased
 
 from api import dag
@@ -105,10 +105,17 @@ def attempt_count(session: Session, feature_id: int) -> int:
     return session.scalar(select(func.count()).where(AgentRun.feature_id == feature_id)) or 0
 
 
+@functools.cache
+def lease_query() -> Select[str, str | None, str | None, int, int, str | None]:
+    """(status, owner, agent_id, lease_token, attempts, verify) of ``b_feature_id``; one statement
+    for the ORM's reads and the driver's (api.driver)."""
+    columns = (Feature.status, Feature.owner, Feature.agent_id, Feature.lease_token, Feature.attempts, Feature.verify)
+    return select(*columns).where(Feature.id == bindparam("b_feature_id", type_=Integer))
+
+
 def lease(session: Session, feature_id: int) -> Row[str, str | None, str | None, int, int, str | None] | None:
     """(status, owner, agent_id, lease_token, attempts, verify) of a feature, or None."""
-    columns = (Feature.status, Feature.owner, Feature.agent_id, Feature.lease_token, Feature.attempts, Feature.verify)
-    return session.execute(select(*columns).where(Feature.id == feature_id)).first()
+    return session.execute(lease_query(), {"b_feature_id": feature_id}).first()
 
 
 def open_run_id(session: Session, agent_id: str, feature_id: int) -> int | None:

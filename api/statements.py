@@ -437,13 +437,6 @@ def unlock_feature_statement() -> Delete:
     return delete(FileLock).where(FileLock.feature_id == bindparam("b_feature_id", type_=Integer))
 
 
-@functools.cache
-def lease_query() -> Select[str, str | None, int, int]:
-    """(status, owner, lease_token, attempts) of ``b_feature_id``."""
-    columns = (Feature.status, Feature.owner, Feature.lease_token, Feature.attempts)
-    return select(*columns).where(Feature.id == bindparam("b_feature_id", type_=Integer))
-
-
 # PostgreSQL runs a data-modifying statement in a CTE: a claim or a release and its event row
 # go in one statement, a round trip less per verb than the statement and log() (SQLite runs both
 # in-process, where a round trip costs nothing).
