@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -438,36 +439,44 @@ def test_claims_from_more_threads_than_connections_never_claim_twice(db_url: str
         db.dispose()
 
 
+@pytest.fixture
+def pg_queue(pg_url: str, project: Path) -> Iterator[FeatureQueue]:
+    """A migrated queue on the test PostgreSQL server, for behaviour only PostgreSQL has."""
+    from api.database import Database
+
+    db = Database(pg_url)
+    db.migrate()
+    yield FeatureQueue(db, project_dir=project)
+    db.dispose()
+
+
+def driver_backend_pid(queue: FeatureQueue) -> int:
+    """The server process behind this thread's driver connection (api.driver)."""
+    return queue.db.run_on_driver(lambda tx: tx.cursor.execute("SELECT pg_backend_pid()").fetchone()[0])
+
+
 @pytest.mark.postgres
-def test_a_claim_after_the_server_dropped_the_connection_is_redone_on_a_new_one(pg_url: str, project: Path) -> None:
+def test_a_claim_after_the_server_dropped_the_connection_is_redone_on_a_new_one(pg_queue: FeatureQueue) -> None:
     from sqlalchemy import text
 
-    from api.database import Database
-
-    db = Database(pg_url)
-    db.migrate()
-    queue = FeatureQueue(db, project_dir=project)
-    try:
-        queue.import_specs([spec("a"), spec("b")])
-        (a,) = queue.claim(1, "sup")  # opens this thread's driver connection
-        pid = db.run_on_driver(lambda tx: tx.cursor.execute("SELECT pg_backend_pid()").fetchone()[0])
-        with db.engine.connect() as conn:
-            assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
-        (b,) = queue.claim(1, "sup")  # the dead connection is found, replaced, and the claim redone once
-        assert b.name == "b"
-        assert queue.release(a.id, "sup", a.lease_token, "passing").applied
-        assert status_of(queue) == {"a": "passing", "b": "claimed"}
-    finally:
-        db.dispose()
+    pg_queue.import_specs([spec("a"), spec("b")])
+    (a,) = pg_queue.claim(1, "sup")  # opens this thread's driver connection
+    pid = driver_backend_pid(pg_queue)
+    with pg_queue.db.engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+    (b,) = pg_queue.claim(1, "sup")  # the dead connection is found, replaced, and the claim redone once
+    assert b.name == "b"
+    assert pg_queue.release(a.id, "sup", a.lease_token, "passing").applied
+    assert status_of(pg_queue) == {"a": "passing", "b": "claimed"}
 
 
 @pytest.mark.postgres
-def test_a_deadlock_on_the_sessions_driver_connection_is_redone_and_other_errors_are_one_line(pg_url: str) -> None:
-    from api.database import Database
+def test_a_deadlock_on_the_sessions_driver_connection_is_redone_and_other_errors_are_one_line(
+    pg_queue: FeatureQueue,
+) -> None:
     from api.errors import DatabaseError
 
-    db = Database(pg_url)
-    db.migrate()
+    db = pg_queue.db
     tries: list[int] = []
     deadlock = "DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END $$"
 
@@ -477,40 +486,25 @@ def test_a_deadlock_on_the_sessions_driver_connection_is_redone_and_other_errors
             db.tx_in(session).cursor.execute(deadlock)
         return len(tries)
 
-    try:
-        assert db.run(work) == 2  # redone once, as a deadlock through the ORM is
-        broken = "DO $$ BEGIN RAISE EXCEPTION 'no good' USING ERRCODE = '23505'; END $$"
-        with pytest.raises(DatabaseError, match=r"^database rejected a write on .*: no good$"):
-            db.run(lambda session: db.tx_in(session).cursor.execute(broken))
-    finally:
-        db.dispose()
+    assert db.run(work) == 2  # redone once, as a deadlock through the ORM is
+    broken = "DO $$ BEGIN RAISE EXCEPTION 'no good' USING ERRCODE = '23505'; END $$"
+    with pytest.raises(DatabaseError, match=r"^database rejected a write on .*: no good$"):
+        db.run(lambda session: db.tx_in(session).cursor.execute(broken))
 
 
 @pytest.mark.postgres
-def test_a_forked_child_leaves_the_parents_connection_alone(pg_url: str, project: Path) -> None:
+def test_a_forked_child_leaves_the_parents_connection_alone(pg_queue: FeatureQueue) -> None:
     import multiprocessing
 
-    from api.database import Database
-
-    db = Database(pg_url)
-    db.migrate()
-    queue = FeatureQueue(db, project_dir=project)
-
-    def backend_pid() -> int:
-        return db.run_on_driver(lambda tx: tx.cursor.execute("SELECT pg_backend_pid()").fetchone()[0])
-
     def child() -> None:  # claims on a connection of its own
-        assert [c.name for c in queue.claim(1, "child")] == ["b"]
+        assert [c.name for c in pg_queue.claim(1, "child")] == ["b"]
 
-    try:
-        queue.import_specs([spec("a"), spec("b"), spec("c")])
-        assert names(queue.claim(1, "parent")) == ["a"]
-        before = backend_pid()
-        proc = multiprocessing.get_context("fork").Process(target=child)
-        proc.start()
-        proc.join(60)
-        assert proc.exitcode == 0
-        assert names(queue.claim(1, "parent")) == ["c"]
-        assert backend_pid() == before  # the same session: the child did not end it
-    finally:
-        db.dispose()
+    pg_queue.import_specs([spec("a"), spec("b"), spec("c")])
+    assert names(pg_queue.claim(1, "parent")) == ["a"]
+    before = driver_backend_pid(pg_queue)
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert names(pg_queue.claim(1, "parent")) == ["c"]
+    assert driver_backend_pid(pg_queue) == before  # the same session: the child did not end it
