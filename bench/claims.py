@@ -31,7 +31,7 @@ import time
 import traceback
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -299,23 +299,21 @@ def product(url: str, owner: str) -> Iterator[Loop]:
 
 
 @contextmanager
-def bare(target: tuple[str, str], owner: str) -> Iterator[Loop]:
+def _raw(loop: BareSqlite | BarePostgres | ProductSql, owner: str) -> Iterator[Loop]:
+    try:
+        yield (lambda: loop.claim(owner)), (lambda feature_id, token: loop.release(feature_id, owner, token))
+    finally:
+        loop.close()
+
+
+def bare(target: tuple[str, str], owner: str) -> AbstractContextManager[Loop]:
     """The bare loop through the raw driver."""
-    loop = open_bare(target)
-    try:
-        yield (lambda: loop.claim(owner)), (lambda feature_id, token: loop.release(feature_id, owner, token))
-    finally:
-        loop.close()
+    return _raw(open_bare(target), owner)
 
 
-@contextmanager
-def product_sql(url: str, owner: str) -> Iterator[Loop]:
+def product_sql(url: str, owner: str) -> AbstractContextManager[Loop]:
     """The product's statements through the raw driver (the profile's third loop)."""
-    loop = ProductSql(url)
-    try:
-        yield (lambda: loop.claim(owner)), (lambda feature_id, token: loop.release(feature_id, owner, token))
-    finally:
-        loop.close()
+    return _raw(ProductSql(url), owner)
 
 
 WARM_UP_CYCLES = 5  # before the first slice: compiled-statement caches, psycopg's prepared statements

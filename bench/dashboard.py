@@ -47,14 +47,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, fresh_pg_url, ms, parse_args, percentiles, postgres, print_table, write_results
-from simulated import RecordingView, SimulatedRunner, load_queue
+from simulated import RecordingView, SimulatedRunner, bench_settings, load_queue
 from sqlalchemy import select
 
 from api.features_file import FeatureSpec
 from api.models import Event
-from supervisor.config import Settings
 from supervisor.loop import Supervisor
-from supervisor.routing import AgentPolicy
 
 AGENTS = 8
 SESSION_MS = (20.0, 60.0)
@@ -137,14 +135,7 @@ def run(url: str, specs: list[FeatureSpec], durations: dict[str, float], mode: s
     queue = load_queue(url, specs)
     runner = SimulatedRunner(url, durations, AGENTS)
     view = RecordingView()
-    settings = Settings(
-        project_dir=workdir,
-        database_url=url,
-        features_file=workdir / "features.json",
-        max_agents=AGENTS,
-        lease_seconds=60,
-        policy=AgentPolicy(),
-    )
+    settings = bench_settings(workdir, url, AGENTS)
     supervisor = Supervisor(queue, runner, settings, view)
     link = web = dashboard_proc = client_proc = None
     if mode == "same process":

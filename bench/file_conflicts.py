@@ -47,15 +47,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import parse_args, print_table, write_results
-from simulated import RecordingView, load_queue
+from simulated import RecordingView, bench_settings, load_queue
 
 from api.database import Database
 from api.features_file import FeatureSpec
 from api.queue import FeatureQueue
 from api.records import Status
-from supervisor.config import Settings
 from supervisor.loop import RunSummary, Supervisor
-from supervisor.routing import AgentPolicy
 from supervisor.runner import ActivityEvent, AgentOutcome, AgentTask, Ending
 
 LAYERS = 5
@@ -191,14 +189,7 @@ def run_once(workdir: Path, w: Workload, mode: str, agents: int) -> dict:
     queue = load_queue(url, w.specs(declare_files=mode == "aware"))
     runner = LockingRunner(url, w.durations, w.files, agents)
     view = RecordingView()
-    settings = Settings(
-        project_dir=project,
-        database_url=url,
-        features_file=project / "features.json",
-        max_agents=agents,
-        lease_seconds=60,
-        policy=AgentPolicy(),
-    )
+    settings = bench_settings(project, url, agents)
     supervisor = Supervisor(queue, runner, settings, view)
     gc.collect()
     gc.freeze()  # as `agent-manager run` does before it starts supervising

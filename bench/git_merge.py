@@ -43,12 +43,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, ms, parse_args, percentiles, print_table, write_results
+from simulated import bench_settings
 
 from api.database import Database
 from api.features_file import FeatureSpec
 from api.queue import FeatureQueue
 from api.records import Status
-from supervisor.config import Settings
 from supervisor.gitrepo import GitRepo
 from supervisor.integration import plan
 from supervisor.live import PlainView
@@ -289,15 +289,7 @@ def run_once(
     queue.import_specs([FeatureSpec(name, category="backend") for name in edits])
     agent = SimulatedAgent(url, edits, durations)
     view = TimingView()
-    settings = Settings(
-        project_dir=project,
-        database_url=url,
-        features_file=project / "features.json",
-        max_agents=AGENTS,
-        lease_seconds=60,
-        policy=AgentPolicy(gate=gate),
-        idle_poll_seconds=0.2,
-    )
+    settings = bench_settings(project, url, AGENTS, AgentPolicy(gate=gate), idle_poll_seconds=0.2)
     supervisor = Supervisor(queue, agent, settings, view, git=plan(project, mode, None))
     gc.collect()
     gc.freeze()  # as `agent-manager run` does before it starts supervising

@@ -38,13 +38,12 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import parse_args, print_table, write_results
-from simulated import RecordingView, load_queue
+from simulated import RecordingView, bench_settings, load_queue
 
 from api.database import Database
 from api.features_file import FeatureSpec
 from api.queue import FeatureQueue
 from supervisor import throttle
-from supervisor.config import Settings
 from supervisor.loop import Supervisor
 from supervisor.routing import AgentPolicy
 from supervisor.runner import ActivityEvent, AgentOutcome, AgentTask, Ending
@@ -128,14 +127,7 @@ def trial(workdir: Path, window: bool) -> dict[str, Any]:
     queue = load_queue(url, [FeatureSpec(f"f{i:02d}") for i in range(FEATURES)])
     runner = LimitedRunner(url)
     view = RecordingView()
-    settings = Settings(
-        project_dir=workdir,
-        database_url=url,
-        features_file=workdir / "features.json",
-        max_agents=MAX_AGENTS,
-        lease_seconds=60,
-        policy=AgentPolicy(backoff_initial_seconds=BACKOFF_S),
-    )
+    settings = bench_settings(workdir, url, MAX_AGENTS, AgentPolicy(backoff_initial_seconds=BACKOFF_S))
     supervisor = Supervisor(queue, runner, settings, view)  # type: ignore[arg-type]
     claims: list[float] = []  # time.time() as the supervisor called claim, once per feature claimed
     claim = queue.claim

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fresh_pg_url, ms, parse_args, percentiles, postgres, print_table, write_results
-from simulated import RecordingView, SimulatedRunner
+from simulated import RecordingView, SimulatedRunner, bench_settings
 from sqlalchemy import select
 
 from api.database import Database
@@ -37,9 +37,7 @@ from api.features_file import FeatureSpec
 from api.models import Event
 from api.queue import FeatureQueue
 from api.records import Status
-from supervisor.config import Settings
 from supervisor.loop import Supervisor
-from supervisor.routing import AgentPolicy
 
 GOAL_S = 1.0
 SESSION_S = 0.2
@@ -90,15 +88,7 @@ def serve(url: str, trials: int, seed: str, workdir: Path) -> dict:
     queue = FeatureQueue(db, lease_seconds=60)
     runner = SimulatedRunner(url, collections.defaultdict(lambda: SESSION_S), MAX_AGENTS)
     view = RecordingView()
-    settings = Settings(
-        project_dir=workdir,
-        database_url=url,
-        features_file=workdir / "features.json",
-        max_agents=MAX_AGENTS,
-        lease_seconds=60,
-        policy=AgentPolicy(),
-        serve=True,
-    )
+    settings = bench_settings(workdir, url, MAX_AGENTS, serve=True)
     supervisor = Supervisor(queue, runner, settings, view)
     gc.freeze()  # as `agent-manager serve` does before it starts supervising
 

@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, PermissionResultAllow, ResultMessage
 from cli_overhead import brain as feature_brain
 from common import ms, print_table, write_results
+from simulated import bench_settings
 
 from api.database import Database
 from api.features_file import FeatureSpec
@@ -64,7 +65,6 @@ from supervisor import cli_process
 from supervisor.claude_runner import BUILTIN_TOOLS, ClaudeRunner
 from supervisor.cli_process import CliLauncher, nudge_hooks, tool_hooks
 from supervisor.cli_state import feature_config_dir
-from supervisor.config import Settings
 from supervisor.live import PlainView
 from supervisor.loop import Supervisor
 from supervisor.mcp_hosting import MCP_SERVER_NAME, McpHost, mcp_tool_names
@@ -391,15 +391,7 @@ class Supervised:
             return claimed
 
         self.queue.claim = timed_claim  # type: ignore[method-assign]
-        settings = Settings(
-            project_dir=self.project,
-            database_url=url,
-            features_file=self.project / "features.json",
-            max_agents=AGENTS,
-            lease_seconds=60,
-            policy=load_policy(self.project),
-            serve=True,
-        )
+        settings = bench_settings(self.project, url, AGENTS, load_policy(self.project), serve=True)
         self.runner = ClaudeRunner(extra_env=isolated_cli_env(server.base_url, tmp / "supervised-env"))
         self.devnull = open(os.devnull, "w")  # noqa: SIM115 - closed in close()
         self.view = _CountingView(self.devnull)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from api.database import Database
 from api.features_file import FeatureSpec
@@ -93,6 +94,20 @@ class SimulatedRun:
         return max(self.view.finishes.values()) - self.t0
 
 
+def bench_settings(project: Path, url: str, agents: int, policy: AgentPolicy | None = None, **extra: Any) -> Settings:
+    """A benchmark's supervisor settings: ``project`` and its database at ``url``, ``agents``
+    slots, a 60 s lease; ``extra`` as Settings takes it (serve=True, idle_poll_seconds=...)."""
+    return Settings(
+        project_dir=project,
+        database_url=url,
+        features_file=project / "features.json",
+        max_agents=agents,
+        lease_seconds=60,
+        policy=policy or AgentPolicy(),
+        **extra,
+    )
+
+
 def load_queue(url: str, specs: list[FeatureSpec]) -> FeatureQueue:
     db = Database(url)
     db.migrate()
@@ -109,14 +124,7 @@ def run_supervisor(
     names = {f.id: f.name for f in queue.status_report().features}
     runner = SimulatedRunner(url, durations, max_agents)
     view = RecordingView()
-    settings = Settings(
-        project_dir=workdir,
-        database_url=url,
-        features_file=workdir / "features.json",
-        max_agents=max_agents,
-        lease_seconds=60,
-        policy=AgentPolicy(),
-    )
+    settings = bench_settings(workdir, url, max_agents)
     supervisor = Supervisor(queue, runner, settings, view)
     gc.freeze()  # as `agent-manager run` does before it starts supervising
 
