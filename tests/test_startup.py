@@ -47,16 +47,21 @@ def imported_project(project: Path) -> Path:
 def test_reading_commands_do_not_import_the_sdk_mcp_apscheduler_or_alembic(
     imported_project: Path, argv: list[str]
 ) -> None:
+    report, stderr = run_probe(PROBE, [*argv, "--project-dir", str(imported_project)])
+    assert report == {"code": 0, "loaded": []}, stderr
+
+
+def run_probe(probe: str, argv: list[str]) -> tuple[dict, str]:
+    """Run ``probe`` with the command line ``argv``; (the JSON report it prints last to stderr, stderr)."""
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, *argv, "--project-dir", str(imported_project)],
+        [sys.executable, "-c", probe, *argv],
         input=json.dumps(RUN_ONLY),
         capture_output=True,
         text=True,
         timeout=120,
         cwd=REPO,
     )
-    report = json.loads(done.stderr.splitlines()[-1])
-    assert report == {"code": 0, "loaded": []}, done.stderr
+    return json.loads(done.stderr.splitlines()[-1]), done.stderr
 
 
 SERVE_PROBE = """
@@ -86,13 +91,5 @@ os._exit(0)
 def test_the_dashboard_serves_its_pages_without_importing_the_sdk_mcp_apscheduler_or_alembic(
     imported_project: Path,
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", SERVE_PROBE, "dashboard", "--port", "0", "--project-dir", str(imported_project)],
-        input=json.dumps(RUN_ONLY),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-    report = json.loads(done.stderr.splitlines()[-1])
-    assert report == {"status": [200, 200], "loaded": []}, done.stderr
+    report, stderr = run_probe(SERVE_PROBE, ["dashboard", "--port", "0", "--project-dir", str(imported_project)])
+    assert report == {"status": [200, 200], "loaded": []}, stderr
