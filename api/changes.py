@@ -10,7 +10,9 @@ changing transaction, so the event log doubles as the change signal:
   transaction that appends; PostgreSQL delivers it on commit, once per transaction, to every session that LISTENs on
   ``QUEUE_CHANNEL``. The watcher listens on one dedicated autocommit connection and waits on its
   socket. A dropped connection is remade with backoff, and the reconnect is reported as a change
-  (a notification may have been lost meanwhile). ``max(events.id)`` is still read every
+  (a notification may have been lost meanwhile). After a notification, one round trip on that
+  connection collects those of the commits made meanwhile, so several commits before a wait()
+  wake it once. ``max(events.id)`` is still read every
   ``SAFETY_POLL_S`` as a safety net (a connection pooler that does not pass notifications on, a
   half-open TCP connection that keepalives have not noticed yet).
 
@@ -46,6 +48,7 @@ SAFETY_POLL_S = 5.0  # PostgreSQL: max(events.id) is read this often besides lis
 LISTENER_NAME = "agent-manager-watcher"  # application_name of the LISTEN connection
 _RECONNECT_FIRST_S = 0.1
 _RECONNECT_MAX_S = 2.0
+_CATCH_UP_TIMEOUT_S = 5.0
 _MAX_EVENT_ID = select(func.max(Event.id))
 
 log = logging.getLogger("agent_manager.changes")
@@ -252,6 +255,8 @@ class _Listener:
                 notified = True
             if pgconn.status != psycopg.pq.ConnStatus.OK:
                 raise psycopg.OperationalError("the connection is broken")
+            if notified:
+                self._catch_up(pgconn)
         except (psycopg.Error, OSError) as exc:
             self._conn = None
             with contextlib.suppress(psycopg.Error, OSError):
@@ -260,6 +265,39 @@ class _Listener:
             self._failed(exc)
             return False
         return notified
+
+    def _catch_up(self, pgconn: psycopg.pq.abc.PGconn) -> None:
+        """Drop the notifications of commits made before now, which this wake-up covers.
+
+        PostgreSQL sends each transaction's notification on its own, when the listening backend
+        gets to it, so those of commits made just before the waker read the queue can arrive
+        after it woke, and would wake it again for nothing. A committing backend signals the
+        listeners before its COMMIT returns, and a backend sends what it was signalled about
+        before it answers a query: after one round trip, every commit made before it has been
+        delivered. Dropping them loses nothing: the waker reads the queue after this returns.
+        """
+        import psycopg
+
+        # Not cut short by interrupt(): a round trip takes a millisecond, or the timeout.
+        deadline = time.monotonic() + _CATCH_UP_TIMEOUT_S
+
+        def ready(write: bool) -> None:
+            fds = [pgconn.socket]
+            left = deadline - time.monotonic()
+            if left <= 0 or not any(select_fds([], fds, [], left) if write else select_fds(fds, [], [], left)):
+                raise psycopg.OperationalError(f"no answer to a round trip within {_CATCH_UP_TIMEOUT_S:.0f} s")
+
+        pgconn.send_query(b"SELECT 1")
+        while pgconn.flush():
+            ready(write=True)
+        while True:
+            while pgconn.is_busy():
+                ready(write=False)
+                pgconn.consume_input()
+            if pgconn.get_result() is None:
+                break
+        while pgconn.notifies() is not None:
+            pass
 
     def _sleep(self, seconds: float, fd: int | None) -> bool:
         """Wait up to ``seconds`` for ``fd`` to be readable; False at the timeout or on interrupt()."""

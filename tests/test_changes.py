@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
+import signal
 import sys
 import threading
 import time
@@ -149,6 +151,38 @@ def test_changes_made_before_a_wait_are_reported_by_it_coalesced_into_one_true(
         return await waiting
 
     assert run(change_while_waiting())
+
+
+@pytest.mark.postgres
+def test_a_notification_arriving_after_the_wake_up_that_covered_its_commit_wakes_no_one(
+    pg_url: str, project: Path
+) -> None:
+    # PostgreSQL sends each commit's notification when the listening backend gets to it: on a busy
+    # host, that of a commit made before a wait() can arrive after the wait() woke for an earlier
+    # one. Here the backend is stopped (SIGSTOP) to hold one back until after the first wake-up.
+    db = Database(pg_url)
+    db.migrate()
+    queue = FeatureQueue(db, project_dir=project)
+    watcher = ChangeWatcher(db)
+    backend = text("SELECT pid FROM pg_stat_activity WHERE application_name = :name AND datname = current_database()")
+    pid = int(db.run(lambda s: s.scalar(backend, {"name": LISTENER_NAME})))
+    resume = threading.Timer(0.3, os.kill, (pid, signal.SIGCONT))
+    try:
+        add(queue, "a")
+        listen_fd = watcher._listener._conn.fileno()  # type: ignore[union-attr]
+        assert select.select([listen_fd], [], [], 5)[0]  # a's notification has arrived, unread
+        os.kill(pid, signal.SIGSTOP)
+        add(queue, "b")  # committed before the wait; its notification is held back
+        resume.start()
+        assert run(watcher.wait(5))
+        assert not run(watcher.wait(0.5))  # b was covered by the wake-up above
+        add(queue, "c")
+        assert run(watcher.wait(5))
+    finally:
+        resume.cancel()
+        os.kill(pid, signal.SIGCONT)
+        watcher.close()
+        db.dispose()
 
 
 def test_a_claim_that_finds_nothing_wakes_no_one(queue: FeatureQueue, watcher: ChangeWatcher) -> None:
