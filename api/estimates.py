@@ -6,21 +6,24 @@ attempt; else DEFAULT_SECONDS. Ready features are claimed by the longest chain o
 in estimated time (api.dag.timed_paths), so a chain of slow features starts before a longer
 chain of quick ones. ``reorder`` refreshes every unfinished feature's estimate and rank in one
 transaction; the importer and the supervisor (as attempts finish) call it.
+
+``forecast_cost`` says, the same way, what the unfinished features should still cost.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api import dag
 from api.models import AgentRun, Feature, FeatureDependency
-from api.records import Status
+from api.records import FeatureView, Status
 
 DEFAULT_SECONDS = 600.0
 MIN_SAMPLES = 3  # fewer finished attempts than this say little about a category
@@ -114,3 +117,48 @@ def reorder(session: Session, model_for: ModelFor | None = None) -> int:
     if changes:
         session.execute(update(Feature), changes)
     return len(changes)
+
+
+@dataclass(frozen=True)
+class CostForecast:
+    """What the unfinished features should still cost: an estimate from the finished ones.
+
+    ``usd`` is None while fewer than MIN_SAMPLES features have finished (nothing to go by).
+    """
+
+    usd: float | None
+    unfinished: int  # the features it covers
+    samples: int  # the finished features it is based on
+    needed: ClassVar[int] = MIN_SAMPLES  # finished features before there is a forecast
+
+    def to_json(self) -> dict[str, float | int | None]:
+        return {
+            "forecast_usd": None if self.usd is None else round(self.usd, 6),
+            "unfinished": self.unfinished,
+            "finished_samples": self.samples,
+        }
+
+
+def forecast_cost(features: Iterable[FeatureView]) -> CostForecast:
+    """The cost of finishing every unfinished feature, estimated from what finished ones cost.
+
+    A finished feature (passing, or failed after its attempts) cost the sum of its attempts. An
+    unfinished one should cost the median of those in its category (with MIN_SAMPLES of them),
+    else of all, less what it has already spent (retries and the attempt in flight count), and
+    never less than nothing.
+    """
+    done: dict[str, list[float]] = defaultdict(list)
+    everything: list[float] = []
+    left: list[FeatureView] = []
+    for feature in features:
+        if not feature.status.finished:
+            left.append(feature)
+        elif feature.attempts > 0:  # failed without an attempt (never ran): says nothing of cost
+            done[feature.category].append(feature.cost_usd)
+            everything.append(feature.cost_usd)
+    if len(everything) < MIN_SAMPLES:
+        return CostForecast(None, len(left), len(everything))
+    overall = statistics.median(everything)
+    by_category = {c: statistics.median(costs) for c, costs in done.items() if len(costs) >= MIN_SAMPLES}
+    usd = sum(max(0.0, by_category.get(f.category, overall) - f.cost_usd) for f in left)
+    return CostForecast(usd, len(left), len(everything))

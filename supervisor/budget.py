@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 
 from api.records import ClaimedFeature, Status, Verdict
 from supervisor.config import Settings
+from supervisor.display import usd
 from supervisor.runner import AgentOutcome
 from supervisor.view import AgentState
 
@@ -56,7 +57,7 @@ class Budget:
         committed = sum(self._cost.values()) + sum(max(s.cost_usd, mean) for s in self._running.values())
         fits = free if mean == 0 else min(free, int((cap - committed) // mean))
         if committed >= cap or fits <= 0:
-            self.stop(f"the run budget of ${cap:.2f} is spent or committed (${committed:.4f})")
+            self.stop(f"the run budget of {usd(cap)} is spent or committed (${committed:.4f})")
             return 0
         return fits
 
@@ -67,7 +68,7 @@ class Budget:
             self._note(f"no new features: {why}")
 
     def stop_for_run_cap(self) -> None:
-        self.stop(f"the run budget of ${self.settings.max_cost_usd:.2f} is spent")
+        self.stop(f"the run budget of {usd(self.settings.max_cost_usd or 0.0)} is spent")
 
     def session_cap(self, claim: ClaimedFeature) -> tuple[float | None, str | None]:
         """The tightest of the per-attempt, per-feature and remaining run caps, and which it is
@@ -90,7 +91,7 @@ class Budget:
         """The release of a claim whose cap (from ``session_cap``) is spent before a session starts:
         a spent feature budget fails it for good; a spent run budget gives it back unused."""
         if source == "feature":
-            why = f"its budget of ${claim.max_cost_usd:.2f} is spent (${claim.cost_usd:.4f})"
+            why = f"its budget of {usd(claim.max_cost_usd or 0.0)} is spent (${claim.cost_usd:.4f})"
             return Verdict(Status.FAILED, why, give_up=True)
         return Verdict(Status.PENDING, count_attempt=False)
 

@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from api.estimates import forecast_cost
 from api.records import FeatureContext, ImportReport, RunRecord, Status, StatusReport
 
 STATUS_STYLE: dict[str, str] = {
@@ -81,12 +82,33 @@ def print_status(report: StatusReport, worktrees: dict[int, Path] | None = None)
             table.add_row(*row[:3], f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]", *row[4:])
         out.print(table)
     out.print("  ".join(f"{status}: {n}" for status, n in sorted(report.counts.items())))
+    out.print(cost_line(report), markup=False, highlight=False)
     if worktrees:
         names = {f.id: (f.name, f.status) for f in report.features}
         out.print("worktrees kept (inspect them; `agent-manager clean` removes them):", markup=False)
         for fid, path in sorted(worktrees.items()):
             name, status = names.get(fid, ("?", "unknown"))
             out.print(f"  #{fid} {name} ({status}): {path}", markup=False, highlight=False)
+
+
+def usd(amount: float) -> str:
+    """Dollars as people read them: cents of a larger sum, tenths of a cent of a small one."""
+    return f"${amount:.4f}" if amount < 1 else f"${amount:,.2f}"
+
+
+def cost_line(report: StatusReport) -> str:
+    """What the features have cost, and the forecast for the unfinished ones, labelled an estimate."""
+    spent = sum(f.cost_usd for f in report.features)
+    forecast = forecast_cost(report.features)
+    line = f"cost so far {usd(spent)}"
+    if not forecast.unfinished:
+        return line
+    if forecast.usd is None:
+        return f"{line}; no forecast for the {forecast.unfinished} unfinished before {forecast.needed} features finish"
+    return (
+        f"{line}; the {forecast.unfinished} unfinished should cost about {usd(forecast.usd)} more "
+        f"(an estimate: the median cost of the {forecast.samples} finished, per category)"
+    )
 
 
 def _minutes(seconds: float | None) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from api import dag
+from api import dag, estimates
 from api.changes import ChangeWatcher
 from api.errors import AgentManagerError, LeaseLostError, PathOutsideProjectError
 from api.queue import FeatureQueue
@@ -30,6 +30,7 @@ from supervisor import verdict as verdicts
 from supervisor.budget import Budget
 from supervisor.cli_state import feature_config_dir
 from supervisor.config import Settings
+from supervisor.display import usd
 from supervisor.gitrepo import commit_message
 from supervisor.integration import GitPlan, Integration, Landing, SetupFailed
 from supervisor.prompts import repair_prompt, retry_prompt, system_append, task_prompt
@@ -149,6 +150,7 @@ class Supervisor:
         try:
             await self._preflight()
             await self._reorder()
+            await self._check_budget_forecast()
             await self._dispatch()
         finally:
             await self._shutdown()
@@ -178,6 +180,18 @@ class Supervisor:
                 return
             self.throttle.after(problem)
             await self._sleep_or_wake(max(0.0, self.throttle.paused_for()))
+
+    async def _check_budget_forecast(self) -> None:
+        """Say at the start when the run's budget looks too small for what is left to do."""
+        cap = self.settings.max_cost_usd
+        if cap is None:
+            return
+        forecast = estimates.forecast_cost((await self._db(self.queue.status_report)).features)
+        if forecast.usd is not None and forecast.usd > cap:
+            self.view.note(
+                f"the run budget of {usd(cap)} will likely run out: the {forecast.unfinished} unfinished "
+                f"features should cost about {usd(forecast.usd)} (an estimate from the {forecast.samples} finished)"
+            )
 
     async def _dispatch(self) -> None:
         settled = False  # the queue showed no claim at all, and a claim made after that found nothing
@@ -804,8 +818,10 @@ class Supervisor:
                 self.view.note(f"gave back {len(given)} feature(s) to pending")
 
     async def _summary(self, wall: float) -> RunSummary:
+        forecast = None
         try:
-            counts = (await asyncio.to_thread(self.queue.status_report)).counts
+            report = await asyncio.to_thread(self.queue.status_report)
+            counts, forecast = report.counts, estimates.forecast_cost(report.features)
             waited = await asyncio.to_thread(self.queue.lock_wait_seconds, self.owner)
         except AgentManagerError as exc:
             self.view.note(f"cannot read the final status: {exc.message}")
@@ -828,6 +844,7 @@ class Supervisor:
             budget_usd=self.settings.max_cost_usd,
             git=self.git.summary(),
             lock_wait_seconds=waited,
+            forecast=forecast,
         )
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from supervisor.runner import ActivityEvent, AgentOutcome, Ending
 
 if TYPE_CHECKING:
+    from api.estimates import CostForecast
     from api.records import ClaimedFeature, StatusReport
     from supervisor.config import Settings
 
@@ -76,6 +77,7 @@ class RunSummary:
     budget_usd: float | None = None
     git: str | None = None  # what landed in git, one line (None outside git)
     lock_wait_seconds: float = 0.0  # agent-seconds this run's agents spent refused a file lock
+    forecast: CostForecast | None = None  # what the unfinished features should still cost (an estimate)
 
 
 class RunState(Protocol):

@@ -201,13 +201,14 @@ def test_a_large_status_table_lists_every_feature_in_aligned_columns(
     assert main(["status", "--project-dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["id", "name", "category", "status", "attempts", "model", "cost", "estimate", "path"]
-    rows = [line.split() for line in lines[2:-1]]
+    rows = [line.split() for line in lines[2:-2]]
     assert [r[1] for r in rows] == [f["name"] for f in features]
     # No estimates and no history: 10 minutes each, so the chain from the first is 600 x 10 minutes.
     assert (rows[0][7], rows[0][8], rows[-1][8]) == ("10.0m", "100.0h", "10.0m")
     assert {r[3] for r in rows} == {"pending"}
-    assert len({line.index("pending") for line in lines[2:-1]}) == 1  # one status column
-    assert lines[-1] == f"pending: {n}"
+    assert len({line.index("pending") for line in lines[2:-2]}) == 1  # one status column
+    assert lines[-2] == f"pending: {n}"
+    assert lines[-1] == f"cost so far $0.0000; no forecast for the {n} unfinished before 3 features finish"
 
 
 def _closed_port() -> int:

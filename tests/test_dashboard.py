@@ -111,6 +111,26 @@ def test_the_page_shows_every_feature_its_status_the_counts_and_the_cost_per_mod
     assert re.findall(r'<td class="name"><a href="/feature/\d+">([^<]+)</a>', now) == ["api"]  # running now
 
 
+def test_the_page_forecasts_the_cost_of_the_unfinished_features_once_three_have_finished(queue: FeatureQueue) -> None:
+    queue.import_specs([FeatureSpec(name=f"f{i}") for i in range(5)])
+    ready = claim_all(queue)
+
+    def costing_a_quarter(name: str, status: Status) -> None:
+        run = queue.start_run(ready[name], "sonnet")
+        verdict = Verdict(status, cost_usd=0.25, give_up=True)
+        queue.finish_attempt(run.id, {"outcome": str(status), "cost_usd": 0.25}, ready[name], verdict)
+
+    for name in ("f0", "f1"):
+        costing_a_quarter(name, Status.PASSING)
+    with client(queue) as web:
+        assert "no cost forecast until 3 features have finished" in web.get("/").text
+    costing_a_quarter("f2", Status.FAILED)
+    with client(queue) as web:  # a new server: no snapshot taken before the change
+        page = web.get("/").text
+    assert "the 2 unfinished should cost about <b>$0.5000</b> more" in page  # $0.25 each
+    assert "(an estimate from the 3 finished)" in page
+
+
 def test_the_graph_has_one_node_per_feature_coloured_by_its_status(mixed: FeatureQueue) -> None:
     with client(mixed) as web:
         svg = web.get("/fragment/dag").text

@@ -22,7 +22,8 @@ import pytest
 
 from supervisor.scripted_model import Reply, Request
 from supervisor.scripted_model.agents import TOOL, Agents, Convo, release, write
-from tests.support.harness import RUN_TIMEOUT_S, Run, assert_all_exit, descendants
+from tests.support.harness import REPO, RUN_TIMEOUT_S, Run, assert_all_exit, descendants
+from tests.support.projects import write_features
 
 pytestmark = pytest.mark.slow
 
@@ -595,8 +596,37 @@ def test_the_run_budget_stops_new_claims_before_it_is_crossed(make_run: Callable
     spent = sum(f["cost_usd"] for f in report["features"])
     assert 0 < spent <= 0.007
     assert all(f["attempts"] == 0 for f in report["features"] if f["status"] == "pending")
-    assert "run budget of $0.01 is spent or committed" in done.stdout
+    assert "run budget of $0.0070 is spent or committed" in done.stdout
     assert "4 feature(s) left pending (raise --max-cost to go on)" in done.stderr
+
+
+def test_status_and_the_run_forecast_what_the_unfinished_features_will_cost(make_run: Callable[..., Run]) -> None:
+    # Every sonnet session here costs the same, about $0.0028: three finished features make a forecast.
+    first = [{"name": f"f{i}", "category": "backend"} for i in range(3)]
+    run = make_run(Agents(), first)
+    assert run.supervise("--max-agents", "3").returncode == 0
+    write_features(run.project, [*first, {"name": "g0", "category": "backend"}, {"name": "g1"}], indent=2)
+
+    imported = subprocess.run(run.command("import"), env=run.env, capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert imported.returncode == 0, imported.stderr
+    report = run.status()
+    per_feature = sorted(report["by_name"][f"f{i}"]["cost_usd"] for i in range(3))[1]
+    assert per_feature > 0
+    assert report["cost"]["forecast_usd"] == pytest.approx(2 * per_feature)
+    assert (report["cost"]["unfinished"], report["cost"]["finished_samples"]) == (2, 3)
+    shown = subprocess.run(run.command("status"), env=run.env, capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert f"the 2 unfinished should cost about ${2 * per_feature:.4f} more" in shown.stdout
+
+    # A budget below the forecast is named at the start; the run still spends what it may.
+    done = run.supervise("--max-agents", "1", "--max-cost", "0.004")
+    assert done.returncode == 1, done.stdout + done.stderr
+    warned = "the run budget of $0.0040 will likely run out: the 2 unfinished features should cost about"
+    assert f"{warned} ${2 * per_feature:.4f}" in done.stdout
+    after = run.status()
+    assert sorted(f["status"] for f in after["features"]) == ["passing"] * 4 + ["pending"]
+    left = next(f for f in after["features"] if f["status"] == "pending")
+    assert f"the 1 unfinished should cost about ${after['cost']['forecast_usd']:.4f} more" in done.stdout
+    assert after["cost"]["forecast_usd"] == pytest.approx(per_feature - left["cost_usd"], rel=0.05)
 
 
 def test_a_session_over_its_feature_budget_is_stopped_and_the_feature_fails(make_run: Callable[..., Run]) -> None:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from api.estimates import CostForecast, forecast_cost
 from api.queue import FeatureQueue
 from api.records import (
     FeatureContext,
@@ -68,6 +69,7 @@ class Board:
     questions: tuple[QuestionRecord, ...]
     permissions: tuple[PermissionRecord, ...]
     graph_key: str  # changes when features or dependencies do, not when statuses do
+    forecast: CostForecast | None = None  # what the unfinished features should still cost (an estimate)
 
     @property
     def total(self) -> int:
@@ -162,6 +164,7 @@ def read_board(queue: FeatureQueue, link: RunLink | None = None, budget_usd: flo
         questions=questions,
         permissions=permissions,
         graph_key=graph_key,
+        forecast=forecast_cost(report.features),
     )
 
 

@@ -20,6 +20,7 @@ from markupsafe import Markup
 from api.records import Status
 from supervisor.dashboard.data import Board, FeaturePage, Row
 from supervisor.dashboard.svg import STATUS_COLOURS, dag_svg
+from supervisor.display import usd
 
 if TYPE_CHECKING:
     from supervisor.dashboard.board import Snapshot
@@ -135,8 +136,8 @@ def duration(seconds: float | None) -> str:
     return f"{s // 3600}h {s % 3600 // 60:02d}m"
 
 
-def money(usd: float | None) -> str:
-    return "-" if usd is None else f"${usd:.4f}" if usd < 1 else f"${usd:,.2f}"
+def money(amount: float | None) -> str:
+    return "-" if amount is None else usd(amount)
 
 
 def when(moment: datetime | None) -> str:
