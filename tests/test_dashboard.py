@@ -262,6 +262,27 @@ def test_retry_stop_and_permission_decisions_go_through_the_queue_verbs(mixed: F
     assert (stop.feature_id, stop.kind, stop.text) == (ids["api"], "stop", "stopped from the dashboard")
 
 
+def test_a_message_typed_into_a_running_feature_s_page_is_queued_for_its_supervisor(mixed: FeatureQueue) -> None:
+    ids = {f.name: f.id for f in mixed.status_report().features}
+    with client(mixed) as web:
+        running = web.get(f"/feature/{ids['api']}").text
+        assert f'action="/nudge/{ids["api"]}"' in running
+        assert 'action="/nudge/' not in web.get(f"/feature/{ids['schema']}").text  # passing: nobody to tell
+        token = csrf_of(running)
+        sent = web.post(f"/nudge/{ids['api']}", data={"csrf": token, "next": "/", "text": "use the v2 endpoint"})
+        assert sent.status_code == 303
+        told = web.get("/").text
+        web.post(f"/nudge/{ids['api']}", data={"csrf": token, "next": "/", "text": "  "})
+        empty = web.get("/").text
+        web.post(f"/nudge/{ids['later']}", data={"csrf": token, "next": "/", "text": "hello"})
+        idle = web.get("/").text
+    (control,) = mixed.open_controls("sup")
+    assert (control.feature_id, control.kind, control.text) == (ids["api"], "nudge", "use the v2 endpoint")
+    assert f"told the agent of feature #{ids['api']}: it reads the message at its next turn" in told
+    assert "the message is empty" in empty
+    assert f"feature #{ids['later']} (later) is pending, not running: nothing to nudge" in idle
+
+
 def test_an_action_without_its_csrf_token_or_from_another_site_is_refused_and_changes_nothing(
     mixed: FeatureQueue,
 ) -> None:

@@ -2,7 +2,8 @@
 headless Chromium looks at the dashboard as a person would.
 
 One page stays open the whole time (it is never reloaded, so everything it shows arrived as a
-live update); a second tab opens feature pages and answers the question. Screenshots are saved
+live update); a second tab opens feature pages, answers the question and tells a running agent
+something. Screenshots are saved
 under the test's tmp_path/screenshots.
 """
 
@@ -34,6 +35,8 @@ FEATURES = [
         "category": "frontend",
         "description": f'Show {SCRIPT} and <img src=x onerror="window.pwned = 2"> as text on the page.',
     },
+    # Busy for up to 80 s, unless a person's message cuts it short.
+    {"name": "polish", "category": "frontend", "description": "[turns: 400] [sleep: 0.2]", "depends_on": ["api"]},
 ]
 
 
@@ -88,13 +91,13 @@ def test_a_person_watches_the_run_reads_a_transcript_and_answers_a_question_in_t
     board = context.new_page()
     board.goto(server.url)
     board.evaluate("window.neverReloaded = true")
-    ids = {name: i for i, name in enumerate(["schema", "port", "api", "banner"], start=1)}
+    ids = {name: i for i, name in enumerate(["schema", "port", "api", "banner", "polish"], start=1)}
 
     def badge(name: str) -> Any:
         return board.locator(f"#row-{ids[name]} .badge")
 
     # The table fills, and follows the run: two features pass, one waits for a person.
-    expect(board.locator("tr[data-id]")).to_have_count(4)
+    expect(board.locator("tr[data-id]")).to_have_count(5)
     expect(badge("schema")).to_have_text("passing", timeout=WAIT_MS)
     expect(badge("banner")).to_have_text("passing", timeout=WAIT_MS)
     expect(badge("port")).to_have_text("needs_input", timeout=WAIT_MS)
@@ -121,16 +124,25 @@ def test_a_person_watches_the_run_reads_a_transcript_and_answers_a_question_in_t
     expect(tab.locator(".flash.notice")).to_contain_text("its session resumes with the answer")
     expect(badge("port")).to_have_text("passing", timeout=WAIT_MS)
     expect(badge("api")).to_have_text("passing", timeout=WAIT_MS)
-    expect(board.locator(".progress-text")).to_have_text("4 of 4 finished")
+    expect(board.locator(".progress-text")).to_have_text("4 of 5 finished, 1 running", timeout=WAIT_MS)
     expect(board.locator("#people")).not_to_contain_text("Which port")
-    assert board.evaluate("window.neverReloaded") is True  # all of it arrived as live updates
-    board.screenshot(path=str(shots / "3-board-all-passing.png"), full_page=True)
 
     tab.goto(server.url + f"feature/{ids['port']}")
     expect(tab.locator("#attempts tbody tr:not(.detail)")).to_have_count(2)  # asked, then resumed and passed
     expect(tab.locator("#transcript")).to_contain_text("Their answer: 8080")
     tab.screenshot(path=str(shots / "4-answered-feature.png"), full_page=True)
     assert "Their answer: 8080" in (run.project / "port.txt").read_text()
+
+    # A message typed into a running feature's page reaches its agent at its next turn.
+    tab.goto(server.url + f"feature/{ids['polish']}")
+    tab.fill(f"#nudge-{ids['polish']}", "use the v2 endpoint")
+    tab.get_by_role("button", name="Send").click()
+    expect(tab.locator(".flash.notice")).to_contain_text("it reads the message at its next turn")
+    expect(badge("polish")).to_have_text("passing", timeout=WAIT_MS)
+    expect(board.locator(".progress-text")).to_have_text("5 of 5 finished")
+    assert board.evaluate("window.neverReloaded") is True  # all of it arrived as live updates
+    board.screenshot(path=str(shots / "3-board-all-passing.png"), full_page=True)
+    assert "operator: use the v2 endpoint" in (run.project / "polish.txt").read_text()
 
 
 def test_the_dashboard_refuses_to_listen_beyond_this_machine_without_a_token(make_run: Callable[..., Run]) -> None:

@@ -250,6 +250,11 @@ def create_app(
             return f"feature #{fid}: stopped ({control.result})"
         return f"stop of feature #{fid} requested: the supervisor running it acts within seconds"
 
+    def nudge(request: Request, fields: dict[str, str]) -> str:
+        fid = int(request.path_params["feature_id"])
+        queue.request_control(fid, "nudge", fields.get("text", ""), by=_who(request))
+        return f"told the agent of feature #{fid}: it reads the message at its next turn"
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await hub.start()
@@ -269,6 +274,7 @@ def create_app(
         Route("/permission/{request_id:int}", action(decide), methods=["POST"]),
         Route("/retry/{feature_id:int}", action(retry), methods=["POST"]),
         Route("/stop/{feature_id:int}", action(stop), methods=["POST"]),
+        Route("/nudge/{feature_id:int}", action(nudge), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 

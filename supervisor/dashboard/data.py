@@ -121,8 +121,11 @@ class FeaturePage:
 
     @property
     def people_key(self) -> str:
+        """Changes when a request opens or closes, or the feature starts or stops running (its
+        nudge box comes and goes): the page keeps a half-typed answer or message until then."""
         q = self.open_question
-        return f"q{q.id if q else ''}|" + ",".join(f"p{p.id}" for p in self.open_permissions)
+        running = "r" if self.feature.status == Status.CLAIMED else ""
+        return f"{running}q{q.id if q else ''}|" + ",".join(f"p{p.id}" for p in self.open_permissions)
 
 
 def read_board(queue: FeatureQueue, link: RunLink | None = None, budget_usd: float | None = None) -> Board:
