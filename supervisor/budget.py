@@ -26,6 +26,7 @@ class Budget:
         self._running = running
         self._note = note
         self.stop_reason: str | None = None  # why no new feature is claimed; None while the run may go on
+        self._then = ""  # what a person can do about it
         self.sessions = 0
         self.agent_seconds = 0.0
         self._cost: dict[str, float] = defaultdict(float)
@@ -61,10 +62,11 @@ class Budget:
             return 0
         return fits
 
-    def stop(self, why: str) -> None:
-        """Claim nothing more; the first reason given is the one the summary names."""
+    def stop(self, why: str, then: str = "raise --max-cost to go on") -> None:
+        """Claim nothing more; the first reason given (and ``then``, what to do about it) is the
+        one the summary names."""
         if self.stop_reason is None:
-            self.stop_reason = why
+            self.stop_reason, self._then = why, then
             self._note(f"no new features: {why}")
 
     def stop_for_run_cap(self) -> None:
@@ -110,4 +112,4 @@ class Budget:
         if self.stop_reason is None:
             return None
         left = counts.get(Status.PENDING, 0)
-        return f"{self.stop_reason}; {left} feature(s) left pending (raise --max-cost to go on)"
+        return f"{self.stop_reason}; {left} feature(s) left pending ({self._then})"

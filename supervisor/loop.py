@@ -95,7 +95,7 @@ class Supervisor:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.agents: dict[int, AgentState] = {}
         self.budget = Budget(settings, self.agents, view.note)
-        self.throttle = Throttle(settings, view, self._fail, lambda: self._fatal is not None)
+        self.throttle = Throttle(settings, view, self._fail, lambda: self._fatal is not None, self.budget.stop)
         self.given_back = verdicts.GiveBacks(settings.policy.max_attempts)
         policy = settings.policy
         self.git = Integration(

@@ -62,6 +62,9 @@ class AgentPolicy:
     max_budget_usd: float | None = None  # per feature attempt
     fallback_model: str | None = None
     outage_limit_seconds: float = 600.0
+    # A used-up rate-limit window is waited for up to this long (a five-hour window is); one that
+    # resets later (a weekly one) ends the run once its sessions finish, saying when to come back.
+    rate_limit_max_wait_seconds: float = 21_600.0
     backoff_initial_seconds: float = 5.0
     backoff_max_seconds: float = 120.0
     database_outage_seconds: float = 120.0  # the database unreachable this long: the run stops

@@ -61,8 +61,9 @@ class RateWindow:
 class Throttle:
     """The concurrency target, the rate-limit window and the outage clock of one run.
 
-    ``fail(message, exit_code)`` stops the run; ``failing()`` says whether it is stopping already.
-    ``clock`` (monotonic) and ``wall`` (Unix time) are the clocks, for tests to replace.
+    ``fail(message, exit_code)`` stops the run; ``failing()`` says whether it is stopping already;
+    ``wind_down(why, then)`` stops new claims and lets running sessions finish. ``clock``
+    (monotonic) and ``wall`` (Unix time) are the clocks, for tests to replace.
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class Throttle:
         view: SupervisorView,
         fail: Callable[[str, int], None],
         failing: Callable[[], bool],
+        wind_down: Callable[[str, str], None],
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -79,6 +81,7 @@ class Throttle:
         self._view = view
         self._fail = fail
         self._failing = failing
+        self._wind_down = wind_down
         self._clock = clock
         self._wall = wall
         # Concurrency target under rate limits: halved on pressure, back up by one per clean session.
@@ -208,10 +211,18 @@ class Throttle:
             # Known and waited for: not an outage (its clock would stop the run after outage_limit_seconds).
             self._outage_since, self._outage_failures = None, 0
             self._held_for = resets
-            self._view.paused(
-                self._window_ends - now,
-                f"rate limit: sleeping until {_clock_time(resets, wall)} (resets_at; {window.why()})",
-            )
+            until, cap = _clock_time(resets, wall), self.settings.policy.rate_limit_max_wait_seconds
+            if resets - wall > cap:
+                # Sleeping for days in a terminal helps no one: finish what runs, say when to come back.
+                self._wind_down(
+                    f"rate limit: {window.why()} until {until}, {_span(resets - wall)} away "
+                    f"(more than rate_limit_max_wait_seconds, {_span(cap)})",
+                    f"run again after {until}",
+                )
+            else:
+                self._view.paused(
+                    self._window_ends - now, f"rate limit: sleeping until {until} (resets_at; {window.why()})"
+                )
         elif self._window_holds and not holds:
             self._view.note(f"rate limit: the API allows sessions again ({window.status}); claims resume")
         self._window_holds = holds
@@ -294,6 +305,13 @@ class Throttle:
                     self._view.note(f"database unavailable, retrying for up to {limit:.0f} s: {exc.message}")
                 await asyncio.sleep(min(delay, limit - waited))
                 delay = min(delay * 2, DATABASE_RETRY_MAX_S)
+
+
+def _span(seconds: float) -> str:
+    """A long wait as people say it: minutes, hours or days."""
+    if seconds < 5_400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3_600:.1f} h" if seconds < 172_800 else f"{seconds / 86_400:.1f} days"
 
 
 def _clock_time(unix: float, now: float) -> str:

@@ -312,6 +312,7 @@ BAD_CONFIGS = [
     ("zero-backoff", "backoff_initial_seconds = 0", "backoff_initial_seconds must be a number of seconds above 0"),
     ("huge-outage-limit", "outage_limit_seconds = 1e12", "outage_limit_seconds must be a number of seconds"),
     ("zero-database-outage", "database_outage_seconds = 0", "database_outage_seconds must be a number of seconds"),
+    ("text-rate-wait", 'rate_limit_max_wait_seconds = "6h"', "rate_limit_max_wait_seconds must be a number of seconds"),
     (
         "backoff-max-below-initial",
         "backoff_initial_seconds = 60\nbackoff_max_seconds = 10",

@@ -55,11 +55,12 @@ class Clocks:
 
 
 class Told:
-    """The two things a throttle tells its view."""
+    """What a throttle tells its view, and the run's wind-downs."""
 
     def __init__(self) -> None:
         self.pauses: list[tuple[float, str]] = []
         self.notes: list[str] = []
+        self.wound_down: list[tuple[str, str]] = []  # (why, then): new claims stopped for the run
 
     def paused(self, seconds: float, reason: str) -> None:
         self.pauses.append((seconds, reason))
@@ -68,17 +69,26 @@ class Told:
         self.notes.append(text)
 
 
-def throttle(tmp_path: Path, max_agents: int = 4) -> tuple[Throttle, Clocks, Told, list[str]]:
+def throttle(tmp_path: Path, max_agents: int = 4, **policy: float) -> tuple[Throttle, Clocks, Told, list[str]]:
     settings = Settings(
         project_dir=tmp_path,
         database_url="sqlite://",
         features_file=tmp_path / "features.json",
         max_agents=max_agents,
-        policy=AgentPolicy(outage_limit_seconds=600),
+        policy=AgentPolicy(**{"outage_limit_seconds": 600, **policy}),  # type: ignore[arg-type]
     )
     clocks, told, failures = Clocks(), Told(), []
     fail = lambda message, code: failures.append(message)  # noqa: E731
-    made = Throttle(settings, told, fail, lambda: bool(failures), clock=lambda: clocks.mono, wall=lambda: clocks.unix)  # type: ignore[arg-type]
+    wind_down = lambda why, then: told.wound_down.append((why, then))  # noqa: E731
+    made = Throttle(
+        settings,
+        told,
+        fail,
+        lambda: bool(failures),
+        wind_down,
+        clock=lambda: clocks.mono,
+        wall=lambda: clocks.unix,  # type: ignore[arg-type]
+    )
     return made, clocks, told, failures
 
 
@@ -171,6 +181,28 @@ def test_a_window_below_the_threshold_holds_nothing(tmp_path: Path) -> None:
     assert t.paused_for() <= 0 and t.limit == 4 and told.pauses == []
 
 
+def test_a_window_that_resets_later_than_the_longest_wait_winds_the_run_down_instead(tmp_path: Path) -> None:
+    t, clocks, told, failures = throttle(tmp_path, rate_limit_max_wait_seconds=3_600)
+    t.on_activity(window("rejected", 3_500, clocks))  # within the hour: slept through, as before
+    assert told.wound_down == [] and len(told.pauses) == 1
+    clocks.advance(3_500 + RATE_WINDOW_MARGIN_S)
+    assert t.paused_for() <= 0
+
+    weekly = ActivityEvent(1, "rate_limit", "rejected", resets_at=clocks.unix + 5 * 86_400, rate_limit_type="seven_day")
+    t.on_activity(weekly)
+    until = f"{datetime.fromtimestamp(clocks.unix + 5 * 86_400):%a %d %b %H:%M:%S}"
+    assert told.wound_down == [
+        (
+            f"rate limit: seven_day limit reached until {until}, 5.0 days away "
+            "(more than rate_limit_max_wait_seconds, 60 min)",
+            f"run again after {until}",
+        )
+    ]
+    assert len(told.pauses) == 1  # no "sleeping until" for a wait it will not make
+    assert t.paused_for() > 0  # and no session starts meanwhile
+    assert failures == []  # running sessions are not stopped: they finish
+
+
 # -- the supervisor, with a scripted runner ------------------------------------------------------
 
 
@@ -225,6 +257,44 @@ def test_a_hard_limit_with_resets_at_makes_the_loop_sleep_until_then_and_start_n
     assert supervisor.limit == 2
     clock = f"{datetime.fromtimestamp(limit['resets_at']):%H:%M:%S}"
     assert f"rate limit: sleeping until {clock} (resets_at; five_hour limit reached)" in out.getvalue()
+    queue.db.dispose()
+
+
+def test_a_weekly_limit_ends_the_run_once_its_sessions_finish_and_says_when_to_come_back(
+    sqlite_url: str, project: Path
+) -> None:
+    queue = make(sqlite_url, project, ["hit", "running", "later-1", "later-2"])
+    starts: list[str] = []
+    resets_at = time.time() + 3 * 86_400
+
+    async def behaviour(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
+        starts.append(task.feature_name)
+        if task.feature_name == "hit":
+            await runner.running_at_once(2)
+            weekly = ActivityEvent(
+                task.feature_id, "rate_limit", "rejected", resets_at=resets_at, rate_limit_type="seven_day"
+            )
+            runner.activity[task.feature_id](weekly)
+            return LIMITED
+        await asyncio.sleep(0.5)  # still running when the limit is heard: it finishes
+        return await passes(task, runner)
+
+    out = io.StringIO()
+    started = time.monotonic()
+    summary, _ = supervise(queue, ScriptedRunner(queue, behaviour), max_agents=2, view=PlainView(out))
+
+    assert time.monotonic() - started < 30  # it did not sleep until the reset
+    assert summary.exit_code == 1
+    assert sorted(starts) == ["hit", "running"]  # nothing started after the limit was heard
+    report = {f.name: f for f in queue.status_report().features}
+    assert {name: f.status for name, f in report.items()} == {
+        "hit": "pending", "running": "passing", "later-1": "pending", "later-2": "pending",
+    }  # fmt: skip
+    assert report["hit"].attempts == 0  # the limit used no attempt
+    until = f"{datetime.fromtimestamp(resets_at):%a %d %b %H:%M:%S}"
+    assert summary.stop_reason is not None
+    assert summary.stop_reason.endswith(f"3 feature(s) left pending (run again after {until})")
+    assert "seven_day limit reached" in out.getvalue()
     queue.db.dispose()
 
 
@@ -305,4 +375,34 @@ def test_the_real_cli_reports_a_hard_limit_and_the_run_sleeps_until_it_resets(
     assert "rate limit: sleeping until" in view.text.getvalue()
     for feature in queue.status_report().features:
         assert [r.outcome for r in queue.runs(feature.id)] == ["api_unavailable", "passing"]
+    queue.db.dispose()
+
+
+@pytest.mark.slow
+def test_the_real_cli_reports_a_weekly_limit_and_the_run_ends_saying_when_to_come_back(
+    sqlite_url: str, project: Path, tmp_path: Path
+) -> None:
+    queue = make(sqlite_url, project, ["alpha", "beta"])
+    view = Starts()
+    with FakeModelServer(Agents()) as server:
+        resets_at = round(time.time()) + 3 * 86_400
+        server.limit_until(resets_at, window="seven_day")
+        runner = ClaudeRunner(extra_env=isolated_cli_env(server.base_url, tmp_path / "cli", **SUBSCRIPTION_ENV))
+        try:
+            summary, _ = supervise(queue, runner, max_agents=2, view=view, timeout=120, backoff_initial_seconds=0.2)
+        finally:
+            runner.close()
+
+    assert summary.exit_code == 1
+    until = f"{datetime.fromtimestamp(resets_at):%a %d %b %H:%M:%S}"
+    assert summary.stop_reason == (
+        f"rate limit: seven_day limit reached until {until}, 3.0 days away (more than "
+        f"rate_limit_max_wait_seconds, 6.0 h); 2 feature(s) left pending (run again after {until})"
+    )
+    # Both sessions hit the limit and none started after it; no attempt was spent.
+    assert sorted(name for _, name in view.starts) == ["alpha", "beta"]
+    for feature in queue.status_report().features:
+        assert (feature.status, feature.attempts) == ("pending", 0)
+        assert [r.outcome for r in queue.runs(feature.id)] == ["api_unavailable"]
+    assert "sleeping until" not in view.text.getvalue()
     queue.db.dispose()
