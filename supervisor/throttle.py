@@ -212,8 +212,9 @@ class Throttle:
             self._outage_since, self._outage_failures = None, 0
             self._held_for = resets
             until, cap = _clock_time(resets, wall), self.settings.policy.rate_limit_max_wait_seconds
-            if resets - wall > cap:
-                # Sleeping for days in a terminal helps no one: finish what runs, say when to come back.
+            if resets - wall > cap and not self.settings.serve:
+                # Sleeping for days in a terminal helps no one: finish what runs, say when to come
+                # back. A serve-mode supervisor is a service: it sleeps, and resumes by itself.
                 self._wind_down(
                     f"rate limit: {window.why()} until {until}, {_span(resets - wall)} away "
                     f"(more than rate_limit_max_wait_seconds, {_span(cap)})",

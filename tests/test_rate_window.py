@@ -9,6 +9,7 @@ against the scripted model's hard limit (`FakeModelServer.limit_until`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import time
 from datetime import datetime
@@ -201,6 +202,12 @@ def test_a_window_that_resets_later_than_the_longest_wait_winds_the_run_down_ins
     assert len(told.pauses) == 1  # no "sleeping until" for a wait it will not make
     assert t.paused_for() > 0  # and no session starts meanwhile
     assert failures == []  # running sessions are not stopped: they finish
+
+    # A serve-mode supervisor is a service: it sleeps until the reset, however far.
+    served, clocks, told, _ = throttle(tmp_path, rate_limit_max_wait_seconds=3_600)
+    served.settings = dataclasses.replace(served.settings, serve=True)
+    served.on_activity(window("rejected", 5 * 86_400, clocks))
+    assert told.wound_down == [] and told.pauses[0][1].startswith("rate limit: sleeping until ")
 
 
 # -- the supervisor, with a scripted runner ------------------------------------------------------
