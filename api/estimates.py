@@ -162,3 +162,10 @@ def forecast_cost(features: Iterable[FeatureView]) -> CostForecast:
     by_category = {c: statistics.median(costs) for c, costs in done.items() if len(costs) >= MIN_SAMPLES}
     usd = sum(max(0.0, by_category.get(f.category, overall) - f.cost_usd) for f in left)
     return CostForecast(usd, len(left), len(everything))
+
+
+def cost_json(features: Iterable[FeatureView]) -> dict[str, float | int | None]:
+    """What the features have cost and the forecast for the unfinished ones, as `status --json`
+    and the lead's queue_status give them."""
+    views = list(features)
+    return {"spent_usd": round(sum(f.cost_usd for f in views), 6), **forecast_cost(views).to_json()}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from api.database import Database, normalise_url
 from api.errors import InputError
-from api.estimates import forecast_cost
+from api.estimates import cost_json
 from api.features_file import load_features_file
 from api.queue import FeatureQueue
 from api.records import ImportReport
@@ -96,9 +96,8 @@ def cmd_status(settings: Settings, as_json: bool) -> int:
     report = open_queue(settings, must_exist=True).status_report()
     worktrees = feature_worktrees(settings)
     if as_json:
-        spent = round(sum(f.cost_usd for f in report.features), 6)
         data = report.to_json() | {
-            "cost": {"spent_usd": spent, **forecast_cost(report.features).to_json()},
+            "cost": cost_json(report.features),
             "worktrees": {str(fid): str(path) for fid, path in sorted(worktrees.items())},
         }
         json.dump(data, sys.stdout, indent=2)

@@ -23,6 +23,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from api.errors import AgentManagerError
+from api.estimates import cost_json
 from api.features_file import parse_features
 from api.queue import FeatureQueue
 from api.records import Decision, RunRecord, Status
@@ -192,7 +193,8 @@ def build_lead_server(ctx: LeadContext) -> MCPServer:
         return {"feature_id": feature_id, "delivered": done.result if done else "queued"}
 
     async def queue_status() -> dict[str, Any]:
-        """Counts by status and one line per unfinished feature."""
+        """Counts by status, one line per unfinished feature, and the cost so far with a forecast
+        (an estimate) for the unfinished."""
         return await _call(_queue_status, queue)
 
     for tool in (
@@ -328,7 +330,7 @@ def _queue_status(queue: FeatureQueue) -> dict[str, Any]:
         for f in report.features
         if not Status(f.status).finished
     ]
-    return {"counts": report.counts, "unfinished": unfinished}
+    return {"counts": report.counts, "unfinished": unfinished, "cost": cost_json(report.features)}
 
 
 async def _handled(queue: FeatureQueue, request_id: int, within: float = 10.0) -> Any:

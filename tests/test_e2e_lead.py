@@ -100,6 +100,10 @@ def test_a_lead_enqueues_a_dag_waits_answers_a_question_and_resumes_a_feature(
         assert question["question"] == "Which port should it use?"
         status = await tool(client, "queue_status")
         assert status["counts"] == {"passing": 2, "needs_input": 1}
+        spent = sum(f["cost_usd"] for f in run.status()["features"])
+        assert status["cost"] == {  # two finished: too few for a forecast
+            "spent_usd": pytest.approx(spent), "forecast_usd": None, "unfinished": 1, "finished_samples": 2,
+        }  # fmt: skip
 
         await tool(client, "answer", feature_id=ids["port"], text="8080")
         answered = await tool(client, "wait", feature_ids=[ids["port"]], mode="all", timeout_s=90)
