@@ -9,6 +9,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -42,8 +43,9 @@ class VerifyResult:
         return f"{verdict}\n\nThe agent's notes: {agent_notes}" if agent_notes else verdict
 
 
-async def run_verify(command: str, cwd: Path, timeout_s: float) -> VerifyResult:
-    """Run ``command`` with a shell in ``cwd``; stdout and stderr are kept together.
+async def run_verify(command: str, cwd: Path, timeout_s: float, env: Mapping[str, str] | None = None) -> VerifyResult:
+    """Run ``command`` with a shell in ``cwd`` (``env`` added to this process's environment);
+    stdout and stderr are kept together.
 
     The verdict is the shell's own exit status, as soon as it exits: a process it left in the
     background (``server & ...``) does not hold it up. Whatever the command leaves running is
@@ -60,6 +62,7 @@ async def run_verify(command: str, cwd: Path, timeout_s: float) -> VerifyResult:
             proc = await asyncio.create_subprocess_shell(
                 command,
                 cwd=cwd,
+                env={**os.environ, **env} if env else None,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,

@@ -12,6 +12,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
+from api.identity import ENV_FEATURE_ID
 from api.records import Status
 from api.verify import VerifyResult, run_verify
 from mcp_server import AppContext, tool_errors
@@ -128,8 +129,9 @@ async def feature_release(
     def verify(command: str) -> VerifyResult:
         # Called by report on its worker thread; the command runs on this server's event loop
         # while the lease keeper goes on renewing the agent's claims.
+        env = {ENV_FEATURE_ID: str(feature_id)}  # as the supervisor's verify has it
         result = anyio.from_thread.run(
-            run_verify, command, app.identity.files_root, app.identity.verify_timeout_seconds
+            run_verify, command, app.identity.files_root, app.identity.verify_timeout_seconds, env
         )
         checked.append((command, result))
         return result

@@ -20,7 +20,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,7 +200,7 @@ class Integration:
 
     # -- where an attempt works -------------------------------------------------------------
 
-    async def workspace(self, feature_id: int) -> Path:
+    async def workspace(self, feature_id: int, env: Mapping[str, str] | None = None) -> Path:
         """The feature's worktree (created from the integration head, set up once), reused on retry.
 
         Raises SetupFailed with git's or the setup command's output."""
@@ -219,7 +219,7 @@ class Integration:
                 await asyncio.to_thread(repo.remove_worktree, feature_id)
                 raise SetupFailed(f"worktree_copy failed: {exc}") from None
             if self.setup:
-                result = await run_verify(self.setup, path, self.timeout_s)
+                result = await run_verify(self.setup, path, self.timeout_s, env)
                 if not result.passed:
                     await asyncio.to_thread(repo.remove_worktree, feature_id)
                     tail = result.output_tail
@@ -323,7 +323,15 @@ class Integration:
         await asyncio.to_thread(repo.commit_all, worktree, message, copied)
         return None
 
-    async def land(self, feature_id: int, worktree: Path, message: str, verify: str | None, run_id: int) -> Landing:
+    async def land(
+        self,
+        feature_id: int,
+        worktree: Path,
+        message: str,
+        verify: str | None,
+        run_id: int,
+        env: Mapping[str, str] | None = None,
+    ) -> Landing:
         """Squash the feature onto the integration head, check the merged tree, move the branch.
 
         Call inside :meth:`merge_turn`, after :meth:`commit_work`. The commit is recorded on the run
@@ -333,7 +341,7 @@ class Integration:
         loop = asyncio.get_running_loop()
 
         def check(tree: Path) -> str | None:
-            return asyncio.run_coroutine_threadsafe(self._check(tree, verify), loop).result()
+            return asyncio.run_coroutine_threadsafe(self._check(tree, verify, env), loop).result()
 
         for _ in range(MOVED_RETRIES):
             head = await asyncio.to_thread(self._integration_head)
@@ -371,11 +379,11 @@ class Integration:
                 self.repo.advance(self.branch, new, local)
         return True
 
-    async def _check(self, tree: Path, verify: str | None) -> str | None:
+    async def _check(self, tree: Path, verify: str | None, env: Mapping[str, str] | None) -> str | None:
         for what, command in (("verify command", verify), ("gate", self.gate)):
             if not command:
                 continue
-            result = await run_verify(command, tree, self.timeout_s)
+            result = await run_verify(command, tree, self.timeout_s, env)
             if not result.passed:
                 tail = result.output_tail
                 return f"{what} `{command}` {result.ended} on the merged tree; output tail:\n{tail}".rstrip()

@@ -23,6 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from api import dag, estimates
 from api.changes import ChangeWatcher
 from api.errors import AgentManagerError, LeaseLostError, PathOutsideProjectError
+from api.identity import ENV_FEATURE_ID, ENV_FEATURE_NAME, ENV_SLOT
 from api.queue import FeatureQueue
 from api.records import ClaimedFeature, Decision, FeatureContext, RunRecord, Status, StatusReport, Verdict
 from api.verify import run_verify
@@ -110,6 +111,7 @@ class Supervisor:
         )
         self._db = self.throttle.database
         self._tasks: dict[int, asyncio.Task] = {}
+        self._slots: dict[int, int] = {}  # feature id -> its session's slot (AGENT_MANAGER_SLOT)
         self._wake = asyncio.Event()
         self._stopping = False
         self._fatal: tuple[str, int] | None = None
@@ -248,10 +250,13 @@ class Supervisor:
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 
     def _start(self, claim: ClaimedFeature) -> None:
+        taken = set(self._slots.values())
+        self._slots[claim.id] = next(i for i in range(len(taken) + 1) if i not in taken)
         task = asyncio.create_task(self._guarded(claim), name=f"feature-{claim.id}")
         self._tasks[claim.id] = task
 
         def done(_: asyncio.Task) -> None:
+            self._slots.pop(claim.id, None)
             self._tasks.pop(claim.id, None)
             self.agents.pop(claim.id, None)
             self._steering.pop(claim.id, None)
@@ -259,6 +264,16 @@ class Supervisor:
             self._wake.set()
 
         task.add_done_callback(done)
+
+    def _feature_env(self, claim: ClaimedFeature) -> dict[str, str]:
+        """What the agent's commands, worktree_setup, verify and the gate see of their feature:
+        its id and name, and a slot number no other session of this supervisor has while it runs
+        (0 to max_agents - 1), for ports, databases and the like that must not collide."""
+        return {
+            ENV_FEATURE_ID: str(claim.id),
+            ENV_FEATURE_NAME: claim.name,
+            ENV_SLOT: str(self._slots.get(claim.id, 0)),
+        }
 
     # -- one agent --------------------------------------------------------------------
 
@@ -332,7 +347,7 @@ class Supervisor:
             return None
         self._show(state, "setup")
         try:
-            return await self.git.workspace(claim.id)
+            return await self.git.workspace(claim.id, self._feature_env(claim))
         except SetupFailed as exc:
             # The project's set-up, not the agent, failed: no attempt is spent, but a feature whose
             # set-up keeps failing stops being handed out (GiveBacks).
@@ -390,7 +405,7 @@ class Supervisor:
         )
         workdir = cwd or self.settings.project_dir
         env = {"CLAUDE_CONFIG_DIR": str(feature_config_dir(self.settings.state_dir, claim.id))}
-        env |= self.throttle.session_env()
+        env |= self.throttle.session_env() | self._feature_env(claim)
 
         async def is_released() -> bool:
             record = await self._db(self.queue.run, run.id)
@@ -552,7 +567,8 @@ class Supervisor:
         if verdict.status is not Status.PASSING or not claim.verify:
             return verdict, outcome
         self._show(state, "verify")
-        check = await run_verify(claim.verify, cwd, self.settings.policy.verify_timeout_seconds)
+        timeout = self.settings.policy.verify_timeout_seconds
+        check = await run_verify(claim.verify, cwd, timeout, self._feature_env(claim))
         return verdicts.verified(verdict, outcome, claim.verify, check)
 
     async def _finish(
@@ -613,7 +629,8 @@ class Supervisor:
             if landing is None:
                 async with self.git.merge_turn(lambda: self._show(state, "merge_wait")):
                     self._show(state, "merge")
-                    landing = await self.git.land(claim.id, task.cwd, message, claim.verify, run.id)
+                    env = self._feature_env(claim)
+                    landing = await self.git.land(claim.id, task.cwd, message, claim.verify, run.id, env)
             if landing.commit is not None:
                 if repairs:
                     self.git.repaired += 1

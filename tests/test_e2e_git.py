@@ -389,3 +389,36 @@ def test_a_question_in_a_worktree_is_answered_and_the_resumed_session_lands_one_
     assert "Their answer: TOML" in git(run.project, "show", "main:config.txt")
     assert len(brain.sessions_by_feature["config"]) == 1  # the answer continued the asking session
     assert_tidy(run.project)
+
+
+def test_an_agent_s_commands_worktree_setup_verify_and_the_gate_know_their_feature_and_slot(
+    make_run: Callable[..., Run], tmp_path: Path
+) -> None:
+    # Ports, databases and the like per running feature: AGENT_MANAGER_SLOT never collides.
+    log = tmp_path / "env.log"
+
+    def record(who: str) -> str:
+        return f'echo "{who} $AGENT_MANAGER_FEATURE_ID $AGENT_MANAGER_FEATURE_NAME $AGENT_MANAGER_SLOT" >> {log}'
+
+    features = [
+        {"name": name, "description": f"[bash: {record('agent')}]", "verify": record("verify")}
+        for name in ("alpha", "beta", "gamma")
+    ]
+    run = make_run(Agents(), features, worktree_setup=record("setup"), gate=record("gate"))
+    init_repo(run, {"README.md": "hello\n"})
+
+    done = run.supervise("--max-agents", "2")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    ids = {f["name"]: str(f["id"]) for f in run.status()["features"]}
+    seen: dict[tuple[str, str], set[str]] = {}
+    for line in log.read_text().splitlines():
+        who, fid, name, slot = line.split()
+        assert ids[name] == fid
+        seen.setdefault((who, name), set()).add(slot)
+    # Every command of every feature ran with its feature; verify runs in the worktree and on the
+    # merged tree. A feature keeps one slot for its session, and slots stay below --max-agents.
+    assert set(seen) == {(who, name) for who in ("setup", "agent", "verify", "gate") for name in ids}
+    for name in ids:
+        slots = set().union(*(seen[(who, name)] for who in ("setup", "agent", "verify", "gate")))
+        assert len(slots) == 1 and slots <= {"0", "1"}

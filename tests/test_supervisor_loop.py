@@ -305,3 +305,31 @@ def test_a_rate_limit_pause_lasts_at_least_as_long_as_the_api_asked(db_url: str,
     assert runner.started and calls["n"] == 2
     gap = runner.finished["a"] - runner.started["a"]  # first start to the end of the retry
     assert gap >= 1.5
+
+
+def test_running_sessions_never_share_a_slot_and_a_freed_slot_is_reused(sqlite_url: str, project: Path) -> None:
+    queue = make(sqlite_url, project, [FeatureSpec(name=f"f{i}") for i in range(7)])
+    running: dict[str, str] = {}  # slot -> feature, while its session runs
+    used: list[tuple[str, str, str]] = []
+
+    async def behaviour(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
+        slot = task.env["AGENT_MANAGER_SLOT"]
+        assert slot not in running, f"{task.feature_name} got slot {slot} of running {running[slot]}"
+        assert (task.env["AGENT_MANAGER_FEATURE_ID"], task.env["AGENT_MANAGER_FEATURE_NAME"]) == (
+            str(task.feature_id), task.feature_name,
+        )  # fmt: skip
+        running[slot] = task.feature_name
+        used.append((task.feature_name, slot, task.env["AGENT_MANAGER_FEATURE_ID"]))
+        try:
+            if len(used) <= 3:
+                await runner.running_at_once(3)
+            return await passes(task, runner)
+        finally:
+            del running[slot]
+
+    summary, _ = supervise(queue, ScriptedRunner(queue, behaviour), max_agents=3)
+
+    assert summary.exit_code == 0
+    assert len(used) == 7
+    assert sorted(slot for _, slot, _ in used[:3]) == ["0", "1", "2"]
+    assert {slot for _, slot, _ in used} == {"0", "1", "2"}  # later sessions took freed slots
