@@ -304,7 +304,7 @@ class Supervisor:
             await self._out_of_budget(claim, cap_source)
             return
         try:
-            model = self.settings.policy.model_for(claim.category, claim.model)
+            model = self.settings.policy.model_for(claim.category, claim.model, failed=claim.attempts)
             feature, previous, run = await self._db(
                 self.queue.begin_attempt, claim, model, lambda n: str(self._transcript(claim.id, n))
             )

@@ -97,8 +97,11 @@ class Progress:
             m: u for m, u in (result.model_usage or {}).items() if m != SYNTHETIC_MODEL
         }
         if served:
-            # Cost and per-model tokens are the session's running totals, resumed attempts included.
-            self.model = next(iter(served))
+            # Cost and per-model tokens are the session's running totals, resumed attempts included:
+            # a retry resumed on a stronger model lists both. This attempt's model is the one its
+            # responses came from.
+            if self.model not in served:
+                self.model = next(iter(served))
             self.session_input = sum(
                 int(u.get(k) or 0)
                 for u in served.values()

@@ -41,6 +41,8 @@ from supervisor.sandbox import DEFAULT_BASH_DENY
 DEFAULT_MODELS = {"testing": "haiku", "documentation": "haiku"}
 MCP_TRANSPORTS = ("in-process", "stdio")
 DEFAULT_TIMEOUTS = {"haiku": 600.0, "sonnet": 1800.0, "opus": 3600.0}
+DEFAULT_ESCALATION = ("haiku", "sonnet")  # a failed attempt's retry moves one step up
+ESCALATION_LIMIT = 6
 ISOLATIONS = ("worktree", "shared")
 TOOL_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 ROLE_LIMIT = 4000  # characters of one role's text
@@ -61,6 +63,9 @@ class AgentPolicy:
     reminders: int = 2
     max_budget_usd: float | None = None  # per feature attempt
     fallback_model: str | None = None
+    # Models from cheap to strong: each failed attempt moves a feature whose model is on the
+    # ladder one step up for its next attempt (haiku's retry runs on sonnet); () turns it off.
+    escalation: tuple[str, ...] = DEFAULT_ESCALATION
     outage_limit_seconds: float = 600.0
     # A used-up rate-limit window is waited for up to this long (a five-hour window is); one that
     # resets later (a weekly one) ends the run once its sessions finish, saying when to come back.
@@ -88,9 +93,14 @@ class AgentPolicy:
     ask_bash: tuple[str, ...] = ()
     permission_timeout_seconds: float = 600.0
 
-    def model_for(self, category: str, override: str | None = None) -> str:
-        """The feature's own ``model`` wins, then its category's, then the default."""
-        return override or self.models.get(category.lower(), self.default_model)
+    def model_for(self, category: str, override: str | None = None, failed: int = 0) -> str:
+        """The feature's own ``model`` wins, then its category's, then the default; after
+        ``failed`` failed attempts, that many steps up ``escalation`` when the model is on it."""
+        model = override or self.models.get(category.lower(), self.default_model)
+        if failed > 0 and model in self.escalation:
+            step = self.escalation.index(model) + failed
+            return self.escalation[min(step, len(self.escalation) - 1)]
+        return model
 
     def role_for(self, category: str) -> tuple[str, str] | None:
         """(category key, role text) for a feature's category, or None when it has no role."""
@@ -113,7 +123,7 @@ _COMMANDS = ("branch", "remote", "worktree_setup", "gate")  # non-empty strings
 # Settings with their own checks.
 _TABLES = (
     *("models", "timeouts", "roles", "bash_deny", "mcp_server", "cli_path", "isolation", "worktree_copy"),
-    *("ask_tools", "ask_bash"),
+    *("ask_tools", "ask_bash", "escalation"),
     *_COMMANDS,
 )
 _SCALARS = {f.name: f.type for f in dataclasses.fields(AgentPolicy) if f.name not in _TABLES}
@@ -167,6 +177,8 @@ def policy_from_mapping(data: Mapping[str, Any], source: str, base_dir: Path | N
             if not isinstance(value, list) or not all(isinstance(v, str) and TOOL_NAME_RE.match(v) for v in value):
                 raise InputError(f'{source}: ask_tools must be a list of tool names such as "WebFetch", got {value!r}')
             values["ask_tools"] = tuple(value)
+        elif name == "escalation":
+            values["escalation"] = _escalation(value, source)
         elif name == "mcp_server":
             if value not in MCP_TRANSPORTS:
                 raise InputError(f'{source}: mcp_server must be "in-process" or "stdio", got {value!r}')
@@ -215,6 +227,20 @@ def _models(value: Any, source: str) -> dict[str, str]:
         if not isinstance(model, str) or not MODEL_RE.match(model):
             raise InputError(f"{source}: models.{category} must be haiku, sonnet, opus or a model id, got {model!r}")
     return {k.lower(): v for k, v in value.items()}
+
+
+def _escalation(value: Any, source: str) -> tuple[str, ...]:
+    if (
+        not isinstance(value, list)
+        or not all(isinstance(m, str) and MODEL_RE.match(m) for m in value)
+        or len(set(value)) != len(value)
+        or len(value) > ESCALATION_LIMIT
+    ):
+        raise InputError(
+            f'{source}: escalation must be a list of distinct models from cheap to strong, such as ["haiku", '
+            f'"sonnet", "opus"] (at most {ESCALATION_LIMIT}; [] turns it off), got {value!r}'
+        )
+    return tuple(value)
 
 
 def _roles(value: Any, source: str, base_dir: Path) -> dict[str, str]:

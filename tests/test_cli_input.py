@@ -313,6 +313,8 @@ BAD_CONFIGS = [
     ("huge-outage-limit", "outage_limit_seconds = 1e12", "outage_limit_seconds must be a number of seconds"),
     ("zero-database-outage", "database_outage_seconds = 0", "database_outage_seconds must be a number of seconds"),
     ("text-rate-wait", 'rate_limit_max_wait_seconds = "6h"', "rate_limit_max_wait_seconds must be a number of seconds"),
+    ("escalation-twice", 'escalation = ["haiku", "haiku"]', "escalation must be a list of distinct models"),
+    ("escalation-text", 'escalation = "sonnet"', "escalation must be a list of distinct models"),
     (
         "backoff-max-below-initial",
         "backoff_initial_seconds = 60\nbackoff_max_seconds = 10",

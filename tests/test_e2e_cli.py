@@ -422,6 +422,33 @@ def test_a_failing_verify_command_fails_the_attempt_and_the_resumed_retry_sees_i
     assert "proof.txt is missing" in prompts[-1] and "exit" in prompts[-1]
 
 
+def test_a_cheap_model_s_failed_attempt_is_retried_one_model_up_in_the_same_session(
+    make_run: Callable[..., Run],
+) -> None:
+    def fix_on_retry(req: Request, convo: Convo, feature: dict) -> Reply | None:
+        if len(convo.prompts) > 1 and not convo.succeeded("Write", now=True):
+            return write(req, "proof.txt", "proof\n")
+        return None  # the first attempt forgets proof.txt
+
+    verify = "test -f proof.txt || { echo proof.txt is missing; exit 3; }"
+    brain = Agents({"suite": fix_on_retry})
+    run = make_run(brain, [{"name": "suite", "category": "testing", "verify": verify}])  # haiku by category
+    done = run.supervise("--max-agents", "1")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    feature = run.status()["by_name"]["suite"]
+    assert (feature["status"], feature["attempts"], feature["model"]) == ("passing", 2, "claude-sonnet-5-5")
+    runs = run.queue().runs(feature["id"])
+    assert [(r.outcome, r.model) for r in runs] == [("failed", "claude-haiku-5-5"), ("passing", "claude-sonnet-5-5")]
+    # The retry resumed the haiku session on sonnet: one conversation, both models.
+    assert runs[0].session_id == runs[1].session_id
+    assert set(run.server.models_by_session[runs[0].session_id]) == {"claude-haiku-5-5", "claude-sonnet-5-5"}
+    # Each model is charged its own attempt (the resumed session's running total split by attempt).
+    assert all(r.cost_usd and r.cost_usd > 0 for r in runs)
+    for r in runs:
+        assert f"  {r.model}: ${r.cost_usd:.4f}," in done.stdout
+
+
 def test_an_agent_that_never_releases_is_reminded_retried_and_failed_and_blocks_its_dependents(
     make_run: Callable[..., Run],
 ) -> None:

@@ -333,3 +333,33 @@ def test_running_sessions_never_share_a_slot_and_a_freed_slot_is_reused(sqlite_u
     assert len(used) == 7
     assert sorted(slot for _, slot, _ in used[:3]) == ["0", "1", "2"]
     assert {slot for _, slot, _ in used} == {"0", "1", "2"}  # later sessions took freed slots
+
+
+@pytest.mark.parametrize("escalation", [("haiku", "sonnet", "opus"), ()], ids=["ladder", "off"])
+def test_a_failed_attempt_s_retry_runs_one_model_up_the_escalation_ladder(
+    sqlite_url: str, project: Path, escalation: tuple[str, ...]
+) -> None:
+    specs = [
+        FeatureSpec(name="tests", category="testing"),  # haiku by category
+        FeatureSpec(name="pinned", model="claude-opus-4-1"),  # not on the ladder: kept
+    ]
+    queue = make(sqlite_url, project, specs, max_attempts=4)
+
+    async def fails_three_times(task: AgentTask, runner: ScriptedRunner) -> AgentOutcome:
+        if sum(t.feature_name == task.feature_name for t in runner.tasks) <= 3:
+            await runner.report(task, "failed", "not yet")
+            return AgentOutcome(Ending.COMPLETED, session_id=f"s-{task.feature_id}", model=task.model)
+        return await passes(task, runner)
+
+    runner = ScriptedRunner(queue, fails_three_times)
+    summary, _ = supervise(queue, runner, escalation=escalation, max_attempts=4)
+
+    assert summary.exit_code == 0
+    models = {name: [t.model for t in runner.tasks if t.feature_name == name] for name in ("tests", "pinned")}
+    if escalation:
+        assert models["tests"] == ["haiku", "sonnet", "opus", "opus"]  # the top stays the top
+    else:
+        assert models["tests"] == ["haiku"] * 4
+    assert models["pinned"] == ["claude-opus-4-1"] * 4
+    tests = next(f for f in queue.status_report().features if f.name == "tests")
+    assert [r.model for r in queue.runs(tests.id)] == models["tests"]  # each attempt records its model
