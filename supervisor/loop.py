@@ -34,6 +34,7 @@ from supervisor.config import Settings
 from supervisor.display import usd
 from supervisor.gitrepo import commit_message
 from supervisor.integration import GitPlan, Integration, Landing, SetupFailed
+from supervisor.notify import Notifier
 from supervisor.prompts import repair_prompt, retry_prompt, system_append, task_prompt
 from supervisor.runner import (
     ActivityEvent,
@@ -98,6 +99,7 @@ class Supervisor:
         self.budget = Budget(settings, self.agents, view.note)
         self.throttle = Throttle(settings, view, self._fail, lambda: self._fatal is not None, self.budget.stop)
         self.given_back = verdicts.GiveBacks(settings.policy.max_attempts)
+        self.notifier = Notifier(settings.policy.notify_command, settings.project_dir, view.note)
         policy = settings.policy
         self.git = Integration(
             git or GitPlan("off"),
@@ -163,6 +165,8 @@ class Supervisor:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
         summary = await self._summary(time.monotonic() - started)
+        self.notifier.send("run_end", _summary_line(summary), exit_code=summary.exit_code, counts=summary.counts)
+        await self.notifier.drain()
         self.view.stop(summary)
         return summary
 
@@ -481,10 +485,12 @@ class Supervisor:
         `approve`/`deny`, a lead's approve_permission) within permission_timeout_seconds."""
         request = await self._db(self.queue.request_permission, claim.id, run.id, claim.agent_id, tool_name, tool_input)
         if request.decision is Decision.OPEN:
-            self.view.note(
+            said = (
                 f"feature #{claim.id} asks to run {request.summary[:120]}: "
                 f"`agent-manager approve {request.id}` or `agent-manager deny {request.id}`"
             )
+            self.view.note(said)
+            self.notifier.send("permission", said, (claim.id, claim.name), request_id=request.id)
         timeout = self.settings.policy.permission_timeout_seconds
         deadline = time.monotonic() + timeout
         while request.decision is Decision.OPEN:
@@ -603,6 +609,17 @@ class Supervisor:
         if learn:
             self.throttle.after(outcome, state.started)
         self.view.finished(state, verdicts.shown(verdict, result.status), verdict.notes)
+        if result.status == Status.NEEDS_INPUT:
+            await self._notify_question(claim)
+
+    async def _notify_question(self, claim: ClaimedFeature) -> None:
+        try:
+            asked = await self._db(self.queue.questions, feature_id=claim.id)
+        except AgentManagerError:
+            return  # the database is gone: the run is stopping, and says so
+        if asked:
+            said = f"feature #{claim.id} ({claim.name}) asks: {asked[-1].question}"
+            self.notifier.send("question", said, (claim.id, claim.name), question_id=asked[-1].id)
 
     # -- landing on git ---------------------------------------------------------------------
 
@@ -863,6 +880,13 @@ class Supervisor:
             lock_wait_seconds=waited,
             forecast=forecast,
         )
+
+
+def _summary_line(summary: RunSummary) -> str:
+    counts = ", ".join(f"{status}: {n}" for status, n in sorted(summary.counts.items()))
+    cost = sum(summary.cost_by_model.values())
+    stopped = f"; stopped: {summary.stop_reason}" if summary.stop_reason else ""
+    return f"agent-manager run ended ({counts or 'no features'}), cost ${cost:.4f}{stopped}"
 
 
 def _ready_left(report: StatusReport) -> bool:

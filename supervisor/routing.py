@@ -92,6 +92,8 @@ class AgentPolicy:
     ask_tools: tuple[str, ...] = ()
     ask_bash: tuple[str, ...] = ()
     permission_timeout_seconds: float = 600.0
+    # Run (with a shell) when an agent asks a question or a permission, and when the run ends.
+    notify_command: str | None = None
 
     def model_for(self, category: str, override: str | None = None, failed: int = 0) -> str:
         """The feature's own ``model`` wins, then its category's, then the default; after
@@ -119,7 +121,7 @@ _INTEGERS = {
     "reminders": (0, 20),
     "merge_repairs": (0, 10),
 }
-_COMMANDS = ("branch", "remote", "worktree_setup", "gate")  # non-empty strings
+_COMMANDS = ("branch", "remote", "worktree_setup", "gate", "notify_command")  # non-empty strings
 # Settings with their own checks.
 _TABLES = (
     *("models", "timeouts", "roles", "bash_deny", "mcp_server", "cli_path", "isolation", "worktree_copy"),

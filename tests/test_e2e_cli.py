@@ -742,3 +742,40 @@ def test_eight_sessions_started_at_once_each_keep_their_own_cli_state(make_run: 
     for config in configs:
         json.loads(config.read_text())  # whole, parseable state: nobody wrote over anybody
     assert not (user_config / ".claude.json").exists()  # the user's own CLI state was not touched
+
+
+# -- telling a person ------------------------------------------------------------------------------
+
+
+def test_notify_command_tells_a_person_once_per_question_permission_and_run_end(
+    make_run: Callable[..., Run], tmp_path: Path
+) -> None:
+    log = tmp_path / "notified.jsonl"
+    features = [
+        {"name": "port", "description": "Serve it. [ask: Which port should it use?]"},
+        {"name": "toucher", "description": "[bash: touch ok.flag]"},  # nobody approves: denied at the timeout
+        {"name": "plain"},
+    ]
+    run = make_run(
+        Agents(),
+        features,
+        ask_bash=["touch ok.flag"],
+        permission_timeout_seconds=1,
+        notify_command=f'printf "%s\\n" "$AGENT_MANAGER_EVENT_JSON" >> {log}',
+    )
+    done = run.supervise("--max-agents", "3")
+
+    assert done.returncode == 1, done.stdout + done.stderr  # a feature waits for an answer
+    told = [json.loads(line) for line in log.read_text().splitlines()]
+    ids = {f["name"]: f["id"] for f in run.status()["features"]}
+    by_event = {event: [t for t in told if t["event"] == event] for event in ("question", "permission", "run_end")}
+    assert sorted(t["event"] for t in told) == ["permission", "question", "run_end"]  # once each
+    (question,) = by_event["question"]
+    assert (question["feature_id"], question["feature"]) == (ids["port"], "port")
+    assert question["message"] == f"feature #{ids['port']} (port) asks: Which port should it use?"
+    (permission,) = by_event["permission"]
+    assert permission["feature"] == "toucher" and "Bash: touch ok.flag" in permission["message"]
+    assert f"agent-manager approve {permission['request_id']}" in permission["message"]
+    (end,) = by_event["run_end"]
+    assert told[-1] == end and end["exit_code"] == 1 and end["counts"]["needs_input"] == 1
+    assert end["message"].startswith("agent-manager run ended (")

@@ -6,6 +6,7 @@ The real CLI paths are covered end to end in test_e2e_cli.py; these pin the loop
 from __future__ import annotations
 
 import asyncio
+import io
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import pytest
 from api.database import Database
 from api.features_file import FeatureSpec
 from api.queue import FeatureQueue
+from supervisor.live import PlainView
 from supervisor.runner import ActivityEvent, AgentOutcome, AgentTask, Ending
 from tests.support.runners import ScriptedRunner, passes
 from tests.support.supervise import supervise
@@ -363,3 +365,13 @@ def test_a_failed_attempt_s_retry_runs_one_model_up_the_escalation_ladder(
     assert models["pinned"] == ["claude-opus-4-1"] * 4
     tests = next(f for f in queue.status_report().features if f.name == "tests")
     assert [r.model for r in queue.runs(tests.id)] == models["tests"]  # each attempt records its model
+
+
+def test_a_failing_notify_command_is_named_on_screen_and_the_run_goes_on(sqlite_url: str, project: Path) -> None:
+    queue = make(sqlite_url, project, [FeatureSpec(name="a")])
+    out = io.StringIO()
+    summary, _ = supervise(
+        queue, ScriptedRunner(queue, passes), view=PlainView(out), notify_command="echo no route to host >&2; exit 3"
+    )
+    assert summary.exit_code == 0
+    assert "notify_command `echo no route to host >&2; exit 3` exited 3: no route to host" in out.getvalue()
