@@ -39,7 +39,8 @@ class Notifier:
         """Run the command for ``event`` in the background (call from the event loop)."""
         if not self.command:
             return
-        body: dict[str, Any] = {"event": event, "message": message, **detail}
+        # "text" too: what a Slack or Mattermost incoming webhook shows.
+        body: dict[str, Any] = {"event": event, "message": message, "text": message, **detail}
         env = {ENV_EVENT: event, ENV_MESSAGE: message}
         if feature is not None:
             body |= {"feature_id": feature[0], "feature": feature[1]}

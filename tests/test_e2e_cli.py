@@ -773,6 +773,7 @@ def test_notify_command_tells_a_person_once_per_question_permission_and_run_end(
     (question,) = by_event["question"]
     assert (question["feature_id"], question["feature"]) == (ids["port"], "port")
     assert question["message"] == f"feature #{ids['port']} (port) asks: Which port should it use?"
+    assert question["text"] == question["message"]  # what a Slack incoming webhook shows
     (permission,) = by_event["permission"]
     assert permission["feature"] == "toucher" and "Bash: touch ok.flag" in permission["message"]
     assert f"agent-manager approve {permission['request_id']}" in permission["message"]
