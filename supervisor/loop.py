@@ -192,7 +192,11 @@ class Supervisor:
         cap = self.settings.max_cost_usd
         if cap is None:
             return
-        forecast = estimates.forecast_cost((await self._db(self.queue.status_report)).features)
+        try:
+            report = await asyncio.to_thread(self.queue.status_report)
+        except AgentManagerError:
+            return  # the claim that follows names the problem
+        forecast = estimates.forecast_cost(report.features)
         if forecast.usd is not None and forecast.usd > cap:
             self.view.note(
                 f"the run budget of {usd(cap)} will likely run out: the {forecast.unfinished} unfinished "
