@@ -139,13 +139,16 @@ class CostForecast:
         }
 
 
-def forecast_cost(features: Iterable[FeatureView]) -> CostForecast:
+def forecast_cost(
+    features: Iterable[FeatureView], statistic: Callable[[list[float]], float] = statistics.fmean
+) -> CostForecast:
     """The cost of finishing every unfinished feature, estimated from what finished ones cost.
 
     A finished feature (passing, or failed after its attempts) cost the sum of its attempts. An
-    unfinished one should cost the median of those in its category (with MIN_SAMPLES of them),
+    unfinished one should cost the mean of those in its category (with MIN_SAMPLES of them),
     else of all, less what it has already spent (retries and the attempt in flight count), and
-    never less than nothing.
+    never less than nothing. The mean, not the median: costs are skewed (a few features take
+    several attempts), and a sum of medians falls short of the total (bench/forecast.py).
     """
     done: dict[str, list[float]] = defaultdict(list)
     everything: list[float] = []
@@ -158,8 +161,8 @@ def forecast_cost(features: Iterable[FeatureView]) -> CostForecast:
             everything.append(feature.cost_usd)
     if len(everything) < MIN_SAMPLES:
         return CostForecast(None, len(left), len(everything))
-    overall = statistics.median(everything)
-    by_category = {c: statistics.median(costs) for c, costs in done.items() if len(costs) >= MIN_SAMPLES}
+    overall = statistic(everything)
+    by_category = {c: statistic(costs) for c, costs in done.items() if len(costs) >= MIN_SAMPLES}
     usd = sum(max(0.0, by_category.get(f.category, overall) - f.cost_usd) for f in left)
     return CostForecast(usd, len(left), len(everything))
 

@@ -29,6 +29,7 @@ BENCHMARKS = (
     "rate_limit",
     "session_start",
     "dashboard",
+    "forecast",
 )
 
 

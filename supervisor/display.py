@@ -107,7 +107,7 @@ def cost_line(report: StatusReport) -> str:
         return f"{line}; no forecast for the {forecast.unfinished} unfinished before {forecast.needed} features finish"
     return (
         f"{line}; the {forecast.unfinished} unfinished should cost about {usd(forecast.usd)} more "
-        f"(an estimate: the median cost of the {forecast.samples} finished, per category)"
+        f"(an estimate: the mean cost of the {forecast.samples} finished, per category)"
     )
 
 

@@ -241,24 +241,24 @@ def view(fid: int, status: Status, cost: float, category: str = "backend", attem
     )  # fmt: skip
 
 
-def test_the_cost_forecast_is_the_median_finished_cost_per_category_less_what_each_has_spent() -> None:
+def test_the_cost_forecast_is_the_mean_finished_cost_per_category_less_what_each_has_spent() -> None:
     features = [
         view(1, Status.PASSING, 1.0),
-        view(2, Status.FAILED, 3.0),  # failed after its attempts: it cost that much too
-        view(3, Status.PASSING, 2.0),
+        view(2, Status.FAILED, 3.5),  # failed after its attempts: it cost that much too
+        view(3, Status.PASSING, 1.5),
         view(4, Status.PASSING, 10.0, "frontend"),  # one frontend sample: too few to use alone
         view(5, Status.FAILED, 0.0, attempts=0),  # never ran: says nothing of cost
-        view(6, Status.PENDING, 0.0),  # backend median 2.0
+        view(6, Status.PENDING, 0.0),  # backend mean 2.0
         view(7, Status.CLAIMED, 0.5),  # in flight: 2.0 - 0.5
-        view(8, Status.PENDING, 2.5, attempts=1),  # retried, already over the median: nothing more
-        view(9, Status.BLOCKED, 0.0, "frontend", attempts=0),  # the overall median: 2.5
+        view(8, Status.PENDING, 2.5, attempts=1),  # retried, already over the mean: nothing more
+        view(9, Status.BLOCKED, 0.0, "frontend", attempts=0),  # the overall mean: 4.0
         view(10, Status.NEEDS_INPUT, 0.0, "docs", attempts=0),  # no docs history: overall
     ]
     forecast = estimates.forecast_cost(features)
     assert forecast.samples == 4
     assert forecast.unfinished == 5
-    assert forecast.usd == pytest.approx(2.0 + 1.5 + 0.0 + 2.5 + 2.5)
-    assert forecast.to_json() == {"forecast_usd": 8.5, "unfinished": 5, "finished_samples": 4}
+    assert forecast.usd == pytest.approx(2.0 + 1.5 + 0.0 + 4.0 + 4.0)
+    assert forecast.to_json() == {"forecast_usd": 11.5, "unfinished": 5, "finished_samples": 4}
 
 
 def test_there_is_no_cost_forecast_before_enough_features_have_finished() -> None:
@@ -266,4 +266,4 @@ def test_there_is_no_cost_forecast_before_enough_features_have_finished() -> Non
     forecast = estimates.forecast_cost(features)
     assert forecast.usd is None
     assert (forecast.unfinished, forecast.samples) == (1, 2)
-    assert estimates.forecast_cost([*features, view(4, Status.FAILED, 4.0)]).usd == pytest.approx(1.0)
+    assert estimates.forecast_cost([*features, view(4, Status.FAILED, 4.0)]).usd == pytest.approx(2.0)
