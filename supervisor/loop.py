@@ -35,7 +35,7 @@ from supervisor.display import usd
 from supervisor.gitrepo import commit_message
 from supervisor.integration import GitPlan, Integration, Landing, SetupFailed
 from supervisor.notify import Notifier
-from supervisor.prompts import repair_prompt, retry_prompt, system_append, task_prompt
+from supervisor.prompts import continue_prompt, repair_prompt, retry_prompt, system_append, task_prompt
 from supervisor.runner import (
     ActivityEvent,
     AgentOutcome,
@@ -51,6 +51,13 @@ from supervisor.throttle import Throttle
 from supervisor.view import AgentState, RunSummary, SupervisorView
 
 __all__ = ["AgentState", "RunSummary", "Supervisor"]  # AgentState and RunSummary live in supervisor.view
+
+# Outcomes of attempts that ended through no fault of the agent, and how its next session is told.
+CUT_SHORT = {
+    "expired": "its supervisor stopped",
+    "interrupted": "its supervisor was stopped",
+    "api_unavailable": "the API was unavailable",
+}
 
 log = logging.getLogger("agent_manager.supervisor")
 
@@ -401,6 +408,10 @@ class Supervisor:
         feedback = claim.notes if last is not None and claim.attempts > 0 else None
         resume_id = last.session_id if resume and feedback and last is not None else None
         prompt = retry_prompt(feature, feedback) if resume_id and feedback else task_prompt(feature, feedback)
+        if resume and not feedback and last is not None and last.session_id and last.outcome in CUT_SHORT:
+            # Its session was cut short by no fault of its own (a supervisor that died or was
+            # stopped, an API outage): it carries on with its context instead of starting over.
+            resume_id, prompt = last.session_id, continue_prompt(feature, CUT_SHORT[last.outcome])
         if claim.resume_prompt:
             # A follow-up (an answered question, a lead's resume_feature): the same conversation goes on.
             resume_id = claim.resume_session_id if resume else None

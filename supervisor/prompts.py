@@ -123,6 +123,15 @@ def task_prompt(feature: FeatureContext, feedback: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def continue_prompt(feature: FeatureContext, why: str) -> str:
+    """Sent when resuming a session that was cut short through no fault of the agent."""
+    return (
+        f"Your session on feature #{feature.id} ({feature.name}) was interrupted ({why}) before you "
+        "finished. What you wrote is still there: check where you stopped and carry on, then call "
+        f"feature_release with feature_id={feature.id}."
+    )
+
+
 def retry_prompt(feature: FeatureContext, feedback: str) -> str:
     """Sent when resuming the previous session of a failed attempt."""
     return (

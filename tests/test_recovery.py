@@ -144,7 +144,8 @@ def test_a_supervisor_killed_mid_run_leaves_no_orphans_and_a_restart_finishes_ev
     make_run: Callable[..., Run], database_url: str | None, transport: str
 ) -> None:
     holds = Holds(["alpha", "beta", "gamma"])
-    run = make_run(Agents(holds.hooks()), CRASH, database_url, mcp_server=transport)
+    brain = Agents(holds.hooks())
+    run = make_run(brain, CRASH, database_url, mcp_server=transport)
     proc = run.start("--max-agents", "3", *LEASE)
     try:
         assert holds.wait_working(), "the agents never got to work"
@@ -174,6 +175,19 @@ def test_a_supervisor_killed_mid_run_leaves_no_orphans_and_a_restart_finishes_ev
     assert {r[2] for r in dead} == {"expired"}
     assert all("stopped renewing" in (r[3] or "") for r in dead)
     assert all(owner_pid(owner) != proc.pid for _, owner, outcome, _ in runs if outcome == "passing")
+    # Each cut-short feature resumed the session its dead supervisor left: its context carries on.
+    queue = run.queue()
+    try:
+        for feature in queue.status_report().features:
+            if feature.name == "delta":
+                continue
+            first, second = queue.runs(feature.id)
+            assert first.session_id is not None and first.session_id == second.session_id, feature.name
+            assert brain.prompts[feature.name][-1].startswith(
+                f"Your session on feature #{feature.id} ({feature.name}) was interrupted (its supervisor stopped)"
+            )
+    finally:
+        queue.db.dispose()
 
 
 # -- two supervisors on one queue ------------------------------------------------------------------
