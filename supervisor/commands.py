@@ -125,13 +125,17 @@ def cmd_clean(settings: Settings) -> int:
     """Remove the worktrees and branches agent-manager left behind, except those of running features."""
     from api.records import Status
     from supervisor.gitrepo import BRANCH_PREFIX, GitRepo
+    from supervisor.integration import copied_paths
 
     queue = open_queue(settings, must_exist=True)
     running = {f.id for f in queue.status_report().features if f.status == Status.CLAIMED}
     repo = GitRepo(settings.project_dir)
-    removed, kept = repo.clean(keep=running)
+    secrets = [str(p) for p in copied_paths(repo.root, settings.policy.worktree_copy)]
+    removed, kept, saved = repo.clean(keep=running, exclude=secrets)
     for fid in kept:
         print(f"kept the worktree of feature #{fid}: it is running")
+    for fid, branch in sorted(saved.items()):
+        print(f"saved the unmerged work of feature #{fid} on branch {branch} (`git branch -D {branch}` drops it)")
     branches = sorted({*removed})
     print(
         f"removed {len(branches)} feature worktree(s) and branch(es)"

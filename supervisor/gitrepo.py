@@ -22,6 +22,7 @@ from supervisor.sandbox import git_subcommand
 
 WORKTREES_DIR = Path(".agent-manager") / "worktrees"
 BRANCH_PREFIX = "agent-manager/feature-"
+SAVED_PREFIX = "agent-manager-saved/feature-"  # work `clean` found unmerged; never removed by agent-manager
 IDENTITY = (("user.name", "agent-manager"), ("user.email", "agent-manager@localhost"))
 TRAILER_FEATURE_ID = "Agent-Manager-Feature-Id"
 TRAILER_ATTEMPT = "Agent-Manager-Attempt"
@@ -295,21 +296,44 @@ class GitRepo:
         if self._has_branch(branch):
             self.run("branch", "-D", branch)
 
-    def clean(self, keep: Iterable[int] = ()) -> tuple[list[int], list[int]]:
-        """Remove every feature worktree and branch but those of ``keep``, and leftover merge worktrees.
+    def clean(
+        self, keep: Iterable[int] = (), exclude: Iterable[str] = ()
+    ) -> tuple[list[int], list[int], dict[int, str]]:
+        """Remove every feature worktree and branch but those of ``keep``, and leftover merge worktrees,
+        losing no work: a worktree's uncommitted changes (but the ``exclude``d paths, worktree_copy's
+        secrets) and commits its branch has beyond HEAD are kept on a branch under SAVED_PREFIX.
 
-        Returns the feature ids removed and those kept."""
-        held = set(keep)
+        Returns the feature ids removed, those kept, and the saved branch of each feature saved."""
+        held, skip = set(keep), list(exclude)
         ids = {fid for p in self.worktrees() if (fid := worktree_feature_id(p.name)) is not None}
         branches = self.run("branch", "--list", f"{BRANCH_PREFIX}*", "--format=%(refname:short)").split()
         ids |= {int(b.removeprefix(BRANCH_PREFIX)) for b in branches if b.removeprefix(BRANCH_PREFIX).isdigit()}
         for path in self.worktrees():
             if path.name.startswith("merge-"):
                 self._remove(path)
+        saved = {}
         for fid in sorted(ids - held):
+            branch = self._save_work(fid, skip)
+            if branch is not None:
+                saved[fid] = branch
             self.remove_worktree(fid)
         self.run("worktree", "prune")
-        return sorted(ids - held), sorted(ids & held)
+        return sorted(ids - held), sorted(ids & held), saved
+
+    def _save_work(self, feature_id: int, exclude: list[str]) -> str | None:
+        """Keep what a feature's worktree and branch hold that HEAD does not, on a branch of its own."""
+        path, branch = self.worktree_path(feature_id), feature_branch(feature_id)
+        if path in self._registered():
+            message = f"feature #{feature_id}: the work left in its worktree, saved by agent-manager clean"
+            self.commit_all(path, message, exclude)
+        if not self._has_branch(branch) or self.run("rev-list", "--count", f"HEAD..refs/heads/{branch}") == "0":
+            return None
+        saved, n = f"{SAVED_PREFIX}{feature_id}", 1
+        while self._has_branch(saved):
+            n += 1
+            saved = f"{SAVED_PREFIX}{feature_id}-{n}"
+        self.run("branch", saved, f"refs/heads/{branch}")
+        return saved
 
     def _remove(self, path: Path) -> None:
         if path in self._registered():

@@ -227,14 +227,7 @@ class Integration:
         return path
 
     def _copied(self) -> list[Path]:
-        """worktree_copy's files, relative to the repository: never part of a feature's commit."""
-        found: set[Path] = set()
-        for pattern in self.copy:
-            for source in self.repo.root.glob(pattern):
-                relative = source.relative_to(self.repo.root)
-                if relative.parts and relative.parts[0] not in (".agent-manager", ".git"):
-                    found.add(relative)
-        return sorted(found)
+        return copied_paths(self.repo.root, self.copy)
 
     def _copy_in(self, worktree: Path) -> None:
         """worktree_copy: files the repository does not track (``.env``), copied into a new worktree."""
@@ -432,3 +425,14 @@ def _with_markers(worktree: Path, files: Sequence[str]) -> tuple[str, ...]:
 
 
 __all__ = ["ISOLATIONS", "GitPlan", "Integration", "Landing", "SetupFailed", "feature_branch", "plan"]
+
+
+def copied_paths(root: Path, patterns: Sequence[str]) -> list[Path]:
+    """worktree_copy's files, relative to the repository: never part of a feature's commit."""
+    found: set[Path] = set()
+    for pattern in patterns:
+        for source in root.glob(pattern):
+            relative = source.relative_to(root)
+            if relative.parts and relative.parts[0] not in (".agent-manager", ".git"):
+                found.add(relative)
+    return sorted(found)

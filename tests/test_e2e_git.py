@@ -256,6 +256,12 @@ def test_a_gate_that_fails_only_on_the_merged_tree_is_caught(make_run: Callable[
     assert_tidy(run.project, kept=(failed["id"],))
     status = subprocess.run(run.command("status"), env=run.env, capture_output=True, text=True, check=True).stdout
     assert f"feature-{failed['id']}" in status
+    # `clean` removes it, and keeps its work (which never reached main) on a branch of its own.
+    cleaned = subprocess.run(run.command("clean"), env=run.env, capture_output=True, text=True, check=True).stdout
+    saved = f"agent-manager-saved/feature-{failed['id']}"
+    assert f"saved the unmerged work of feature #{failed['id']} on branch {saved}" in cleaned
+    assert f"{failed['name']}.txt" in git(run.project, "ls-tree", "-r", "--name-only", saved).split()
+    assert_tidy(run.project)
 
 
 def test_kill_9_during_the_merge_leaves_the_branch_before_the_feature_and_the_next_run_lands_it(

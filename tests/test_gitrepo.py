@@ -312,11 +312,39 @@ def test_clean_removes_feature_worktrees_and_branches_except_the_running_ones(tm
     repo.remove_worktree(3)
     git(repo.root, "branch", feature_branch(4), "main")  # a branch whose worktree was deleted by hand
 
-    removed, kept = repo.clean(keep={2})
+    removed, kept, saved = repo.clean(keep={2})
 
-    assert (removed, kept) == ([1, 4], [2])
+    assert (removed, kept, saved) == ([1, 4], [2], {})  # nothing in them that main lacks
     assert repo.worktrees() == [repo.worktree_path(2)]
-    assert git(repo.root, "branch", "--list", "agent-manager/*", "--format=%(refname:short)") == feature_branch(2)
+    assert git(repo.root, "branch", "--list", "agent-manager*", "--format=%(refname:short)") == feature_branch(2)
+
+
+def test_clean_loses_no_work_it_keeps_a_branch_of_what_main_lacks_but_the_copied_secrets(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "project")
+    failed = repo.worktree(1, "main")  # a failed feature's worktree, with the agent's work uncommitted
+    (failed / "new.py").write_text("print('new')\n")
+    (failed / "README").write_text("changed\n")
+    (failed / ".env").write_text("TOKEN=secret\n")  # worktree_copy's: never committed anywhere
+    landed = repo.worktree(2, "main")
+    repo.commit_all(landed, "an unlanded commit")  # nothing to commit: clean, branch at main
+    (landed / "kept.txt").write_text("x\n")
+    repo.commit_all(landed, "committed but never merged")
+    repo.worktree(3, "main")  # nothing done in it
+
+    removed, kept, saved = repo.clean(exclude=[".env"])
+
+    assert (removed, kept) == ([1, 2, 3], [])
+    assert saved == {1: "agent-manager-saved/feature-1", 2: "agent-manager-saved/feature-2"}
+    files = git(repo.root, "ls-tree", "-r", "--name-only", saved[1]).split()
+    assert sorted(files) == ["README", "lines.txt", "new.py"]  # not .env
+    assert git(repo.root, "show", f"{saved[1]}:README") == "changed"
+    assert "kept.txt" in git(repo.root, "ls-tree", "-r", "--name-only", saved[2]).split()
+    assert repo.worktrees() == []
+    # A second clean never touches saved branches; saving the same feature again takes a new name.
+    again = repo.worktree(1, "main")
+    (again / "more.py").write_text("x = 1\n")
+    assert repo.clean()[2] == {1: "agent-manager-saved/feature-1-2"}
+    assert git(repo.root, "rev-parse", "--verify", "--quiet", saved[1])
 
 
 def test_push_is_a_compare_and_swap_on_the_remote_branch(tmp_path: Path) -> None:
