@@ -27,6 +27,8 @@ ASK = TOOL + "ask_question"
 OPERATOR = "Message from your operator: "
 MAX_TURNS = 500
 WAITING = "Waiting for an answer."
+# How the CLI fills in, on resume, the result of a call its session ended during (a killed CLI).
+INTERRUPTED_CALL = "[Tool call interrupted"
 
 # [kind: argument], the argument may hold one level of brackets (a JSON array, "[red] or blue").
 _DIRECTIVE_RE = re.compile(r"\[(ask|bash|tool|turns|sleep):\s*((?:[^\[\]]|\[[^\[\]]*\])*)\]", re.IGNORECASE)
@@ -280,8 +282,9 @@ class Agents:
 
 
 def _matched(convo: Convo, directives: Directives) -> list[Call | None]:
-    """The call made for each of the directives' tool calls (None: not made yet), in order."""
-    unused = [c for c in convo.calls if c.result is not None]
+    """The call made for each of the directives' tool calls (None: not made yet), in order. A
+    call its session ended during (resumed afterwards) is not made: a careful agent makes it again."""
+    unused = [c for c in convo.calls if c.result is not None and not _interrupted(c)]
     matched: list[Call | None] = []
     for tool, args, _label in directives.calls:
         call = next((c for c in unused if c.name == tool and c.input == args), None)
@@ -289,3 +292,7 @@ def _matched(convo: Convo, directives: Directives) -> list[Call | None]:
             unused.remove(call)
         matched.append(call)
     return matched
+
+
+def _interrupted(call: Call) -> bool:
+    return call.is_error and (call.result or "").startswith(INTERRUPTED_CALL)
