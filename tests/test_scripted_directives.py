@@ -194,6 +194,30 @@ def test_directives_run_in_order_and_report_their_results() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "cut_short",
+    [
+        "[Tool call interrupted: the session ended before this call's result was recorded, so its outcome is unknown.",
+        "Tool permission request failed: AbortError: Tool permission stream closed before response received",
+    ],
+    ids=["filled-in-on-resume", "permission-stream-closed"],
+)
+def test_a_call_its_session_ended_under_is_made_again_but_a_denied_one_is_not(cut_short: str) -> None:
+    chat = Chat(Agents(), "[bash: touch ok.flag] [bash: git push]")
+    tries: list[str] = []
+
+    def bash(args: dict) -> Result:
+        tries.append(args["command"])
+        if args["command"] == "git push":
+            return "Permission to use Bash has been denied.", True
+        return (cut_short, True) if tries.count("touch ok.flag") == 1 else ("", False)
+
+    chat.results["Bash"] = bash
+    replies = chat.turn()
+    assert tries == ["touch ok.flag", "touch ok.flag", "git push"]  # the denied call is not made again
+    assert written(replies)[1:] == ["bash: allowed: ", "bash: denied: Permission to use Bash has been denied."]
+
+
 def test_a_tool_the_session_does_not_offer_is_not_called() -> None:
     chat = Chat(Agents(), "[tool: mcp__other__thing {}] [bash: ls] [turns: 3]", tools=["Write", GET, RELEASE])
     replies = chat.turn()

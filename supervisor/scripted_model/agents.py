@@ -27,8 +27,9 @@ ASK = TOOL + "ask_question"
 OPERATOR = "Message from your operator: "
 MAX_TURNS = 500
 WAITING = "Waiting for an answer."
-# How the CLI fills in, on resume, the result of a call its session ended during (a killed CLI).
-INTERRUPTED_CALL = "[Tool call interrupted"
+# The results a call gets when its session ends under it (a killed supervisor), depending on which
+# goes first: the CLI fills one in on resume, or the permission stream it waited on closes.
+INTERRUPTED_CALL = ("[Tool call interrupted", "Tool permission request failed")
 
 # [kind: argument], the argument may hold one level of brackets (a JSON array, "[red] or blue").
 _DIRECTIVE_RE = re.compile(r"\[(ask|bash|tool|turns|sleep):\s*((?:[^\[\]]|\[[^\[\]]*\])*)\]", re.IGNORECASE)
