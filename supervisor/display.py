@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from api.estimates import forecast_cost
+from api.estimates import CostForecast, forecast_cost
 from api.records import FeatureContext, ImportReport, RunRecord, Status, StatusReport
 
 STATUS_STYLE: dict[str, str] = {
@@ -96,19 +96,26 @@ def usd(amount: float) -> str:
     return f"${amount:.4f}" if amount < 1 else f"${amount:,.2f}"
 
 
-def cost_line(report: StatusReport) -> str:
-    """What the features have cost, and the forecast for the unfinished ones, labelled an estimate."""
-    spent = sum(f.cost_usd for f in report.features)
-    forecast = forecast_cost(report.features)
-    line = f"cost so far {usd(spent)}"
-    if not forecast.unfinished:
-        return line
-    if forecast.usd is None:
-        return f"{line}; no forecast for the {forecast.unfinished} unfinished before {forecast.needed} features finish"
+def forecast_text(forecast: CostForecast) -> str | None:
+    """The forecast as `status` and the run summary say it, labelled an estimate; None when there is none."""
+    if not forecast.unfinished or forecast.usd is None:
+        return None
     return (
-        f"{line}; the {forecast.unfinished} unfinished should cost about {usd(forecast.usd)} more "
-        f"(an estimate: the mean cost of the {forecast.samples} finished, per category)"
+        f"the {forecast.unfinished} unfinished should cost about {usd(forecast.usd)} more "
+        f"(an estimate from the mean cost of the {forecast.samples} finished, per category)"
     )
+
+
+def cost_line(report: StatusReport) -> str:
+    """What the features have cost, and the forecast for the unfinished ones."""
+    line = f"cost so far {usd(sum(f.cost_usd for f in report.features))}"
+    forecast = forecast_cost(report.features)
+    said = forecast_text(forecast)
+    if said is not None:
+        return f"{line}; {said}"
+    if forecast.unfinished:
+        return f"{line}; no forecast for the {forecast.unfinished} unfinished before {forecast.needed} features finish"
+    return line
 
 
 def _minutes(seconds: float | None) -> str:

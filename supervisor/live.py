@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from api.records import Status
-from supervisor.display import STATUS_STYLE, console, usd
+from supervisor.display import STATUS_STYLE, console, forecast_text, usd
 from supervisor.runner import ActivityEvent
 
 if TYPE_CHECKING:
@@ -161,12 +161,9 @@ def summary_lines(summary: RunSummary) -> list[str]:
         lines.append(f"  {model}: ${cost:.4f}, {tin} input / {tout} output tokens")
     total = sum(summary.cost_by_model.values())
     lines.append(f"  cost ${total:.4f}" + (f" of a {usd(summary.budget_usd)} budget" if summary.budget_usd else ""))
-    forecast = summary.forecast
-    if forecast is not None and forecast.unfinished and forecast.usd is not None:
-        lines.append(
-            f"  the {forecast.unfinished} unfinished should cost about ${forecast.usd:.4f} more "
-            f"(an estimate from the {forecast.samples} finished)"
-        )
+    forecast = forecast_text(summary.forecast) if summary.forecast is not None else None
+    if forecast is not None:
+        lines.append(f"  {forecast}")
     if summary.lock_wait_seconds:
         lines.append(f"  lock waits: {summary.lock_wait_seconds:.1f} agent-seconds refused a file another agent held")
     if counts.get(Status.NEEDS_INPUT):

@@ -14,6 +14,7 @@ import io
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +38,7 @@ from supervisor.scripted_model import (
 )
 from supervisor.scripted_model.agents import Agents
 from supervisor.throttle import RATE_WINDOW_MARGIN_S, Throttle
+from supervisor.view import RunSummary
 from tests.support.runners import ScriptedRunner, passes
 from tests.support.supervise import supervise
 
@@ -348,21 +350,29 @@ class Starts(PlainView):
         super().activity(state, event)
 
 
-@pytest.mark.slow
-def test_the_real_cli_reports_a_hard_limit_and_the_run_sleeps_until_it_resets(
-    sqlite_url: str, project: Path, tmp_path: Path
-) -> None:
-    queue = make(sqlite_url, project, ["alpha", "beta"])
+def supervise_while_limited(
+    queue: FeatureQueue, tmp_path: Path, resets_at: float, window: str = "five_hour"
+) -> tuple[RunSummary, Starts, list[Any]]:
+    """A run of 2 agents with the real CLI (subscription credentials) against a scripted model whose
+    `window` is used up until ``resets_at``: its summary, what its view saw, the model's requests."""
     view = Starts()
     with FakeModelServer(Agents()) as server:
-        resets_at = round(time.time()) + 4  # whole seconds, as the real API sends it
-        server.limit_until(resets_at)
+        server.limit_until(resets_at, window=window)
         runner = ClaudeRunner(extra_env=isolated_cli_env(server.base_url, tmp_path / "cli", **SUBSCRIPTION_ENV))
         try:
             summary, _ = supervise(queue, runner, max_agents=2, view=view, timeout=120, backoff_initial_seconds=0.2)
         finally:
             runner.close()
-        requests = list(server.requests)
+        return summary, view, list(server.requests)
+
+
+@pytest.mark.slow
+def test_the_real_cli_reports_a_hard_limit_and_the_run_sleeps_until_it_resets(
+    sqlite_url: str, project: Path, tmp_path: Path
+) -> None:
+    queue = make(sqlite_url, project, ["alpha", "beta"])
+    resets_at = round(time.time()) + 4  # whole seconds, as the real API sends it
+    summary, view, requests = supervise_while_limited(queue, tmp_path, resets_at)
 
     assert summary.exit_code == 0, summary.stop_reason
     assert {f.name: (f.status, f.attempts) for f in queue.status_report().features} == {
@@ -390,15 +400,8 @@ def test_the_real_cli_reports_a_weekly_limit_and_the_run_ends_saying_when_to_com
     sqlite_url: str, project: Path, tmp_path: Path
 ) -> None:
     queue = make(sqlite_url, project, ["alpha", "beta"])
-    view = Starts()
-    with FakeModelServer(Agents()) as server:
-        resets_at = round(time.time()) + 3 * 86_400
-        server.limit_until(resets_at, window="seven_day")
-        runner = ClaudeRunner(extra_env=isolated_cli_env(server.base_url, tmp_path / "cli", **SUBSCRIPTION_ENV))
-        try:
-            summary, _ = supervise(queue, runner, max_agents=2, view=view, timeout=120, backoff_initial_seconds=0.2)
-        finally:
-            runner.close()
+    resets_at = round(time.time()) + 3 * 86_400
+    summary, view, _ = supervise_while_limited(queue, tmp_path, resets_at, window="seven_day")
 
     assert summary.exit_code == 1
     until = f"{datetime.fromtimestamp(resets_at):%a %d %b %H:%M:%S}"
