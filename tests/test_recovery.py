@@ -262,7 +262,17 @@ def claim_row(queue: FeatureQueue, feature_id: int) -> tuple[str, str | None, st
 def take_over(queue: FeatureQueue, feature_id: int, owner: str) -> ClaimedFeature:
     """Claim a feature held by a live supervisor the way another supervisor would once its lease ran out."""
     deadline = time.monotonic() + 30
-    while claim_row(queue, feature_id)[0] != "pending":
+    while True:
+        assert time.monotonic() < deadline, "the lease never ran out"
+        if claim_row(queue, feature_id)[0] == "pending":
+            # On PostgreSQL a claim passes over a row another transaction has locked (SKIP LOCKED):
+            # the holder's renewal that found the row reaped keeps its lock until it commits. A
+            # supervisor claims it on its next cycle; so does this one.
+            taken = queue.claim(1, owner)
+            if taken:
+                assert [t.id for t in taken] == [feature_id]
+                return taken[0]
+            continue
         # The lease runs out; the holder's next renewal may still land first: then again.
         queue.db.run(
             lambda s: s.execute(
@@ -272,10 +282,6 @@ def take_over(queue: FeatureQueue, feature_id: int, owner: str) -> ClaimedFeatur
             )
         )
         queue.reap_expired()  # or the holder's own reaper got there first: pending either way
-        assert time.monotonic() < deadline, "the lease never ran out"
-    (taken,) = queue.claim(1, owner)
-    assert taken.id == feature_id
-    return taken
 
 
 def model_requests(run: Run, session: str) -> int:
